@@ -1,0 +1,156 @@
+//! The crate's main demonstration: the key API and a protected route on one
+//! axum app. Settings come from the environment (SPEC §5):
+//!
+//! | variable | default |
+//! |---|---|
+//! | `JWT_PROFILE_LISTEN` | `127.0.0.1:8080` |
+//! | `JWT_PROFILE_STORE` | `memory` |
+//! | `JWT_PROFILE_AUDIENCE` | `http://<listen address>` (comma-separated for several) |
+//! | `JWT_PROFILE_ADMIN_USER` | `admin` |
+//! | `JWT_PROFILE_ORG` | `default` |
+//! | `JWT_PROFILE_ADMIN_KEY_FILE` | `admin-key.json` |
+//!
+//! Run it with `cargo run --example server`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{SecondsFormat, Utc};
+use jwt_profile::http::KeyApi;
+use jwt_profile::policy::DefaultPolicy;
+use jwt_profile::service::{CreateKey, ListKeys};
+use jwt_profile::store::{CachedStore, KeyStore, MemoryStore};
+use jwt_profile::{JwtProfileLayer, KeyFile, KeyService, Principal, Validation, Verifier};
+use serde_json::{Value, json};
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("jwt-profile server: {message}");
+    ExitCode::from(2)
+}
+
+fn open_store(url: &str) -> Result<std::sync::Arc<dyn KeyStore>, String> {
+    match url {
+        "memory" => Ok(std::sync::Arc::new(MemoryStore::new())),
+        other => Err(format!(
+            "JWT_PROFILE_STORE={other:?} is not supported by this build; use \"memory\""
+        )),
+    }
+}
+
+async fn whoami(who: Principal) -> Json<Value> {
+    Json(json!({
+        "userId": who.user_id,
+        "orgId": who.org_id,
+        "keyId": who.key_id,
+        "expiresAt": who.expires_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    }))
+}
+
+fn write_key_file(path: &Path, file: &KeyFile) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // `mode` only applies to a new file; an old one may have been wider.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    out.write_all(&file.to_json())?;
+    out.write_all(b"\n")
+}
+
+/// Creates the administrator's key when it has no valid one, acting as the
+/// administrator itself (the default policy lets a user manage its own keys).
+async fn bootstrap_admin(keys: &KeyService, admin: &Principal, key_file: &Path) -> Result<(), String> {
+    let list = ListKeys { offset: 0, limit: 1000, asc: false };
+    let page = keys
+        .list(admin, None, &admin.user_id, list)
+        .await
+        .map_err(|e| format!("cannot list the admin's keys: {e}"))?;
+    let now = Utc::now();
+    if page.keys.iter().any(|k| k.expiration_date > now) {
+        eprintln!("admin user {:?} has a valid key; not creating one", admin.user_id);
+        return Ok(());
+    }
+    let created = keys
+        .create(admin, None, &admin.user_id, CreateKey::default())
+        .await
+        .map_err(|e| format!("cannot create the admin key: {e}"))?;
+    let file = created
+        .key_file
+        .ok_or_else(|| "the admin key was created without a key file".to_string())?;
+    write_key_file(key_file, &file)
+        .map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
+    eprintln!(
+        "created key {} for admin user {:?}; key file written to {} (mode 0600)",
+        file.key_id,
+        admin.user_id,
+        key_file.display()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let listen = setting("JWT_PROFILE_LISTEN", "127.0.0.1:8080");
+    let store_url = setting("JWT_PROFILE_STORE", "memory");
+    let admin_user = setting("JWT_PROFILE_ADMIN_USER", "admin");
+    let org = setting("JWT_PROFILE_ORG", "default");
+    let key_file = setting("JWT_PROFILE_ADMIN_KEY_FILE", "admin-key.json");
+
+    let store = match open_store(&store_url) {
+        Ok(store) => CachedStore::new(store),
+        Err(e) => return fail(e),
+    };
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return fail(format!("cannot read the bound address: {e}")),
+    };
+    let audiences: Vec<String> = setting("JWT_PROFILE_AUDIENCE", &format!("http://{addr}"))
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+
+    let keys = KeyService::new(store.clone())
+        .with_policy(DefaultPolicy::new().with_admin(org.clone(), admin_user.clone()));
+    let admin = Principal::new(admin_user, org, "bootstrap");
+    if let Err(e) = bootstrap_admin(&keys, &admin, Path::new(&key_file)).await {
+        return fail(e);
+    }
+
+    let verifier = Verifier::new(store, Validation::new(audiences.clone()));
+    let protected = Router::new()
+        .route("/whoami", get(whoami))
+        .merge(KeyApi::new(keys).router())
+        .layer(JwtProfileLayer::new(verifier).realm(audiences[0].clone()));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(protected);
+
+    eprintln!("accepting assertions for audience(s): {}", audiences.join(", "));
+    println!("listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("server error: {e}")),
+    }
+}

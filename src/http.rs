@@ -1,0 +1,439 @@
+//! The REST routes of SPEC §2 over [`KeyService`] (feature `axum`).
+//!
+//! This module only translates: JSON bodies, path parameters and the
+//! organization header in; proto3-JSON bodies and the JSON error body out.
+//! Every rule is the key service's.
+//!
+//! | route | operation |
+//! |---|---|
+//! | `POST /users/{userId}/keys` | [`KeyService::create`] |
+//! | `GET /users/{userId}/keys/{keyId}` | [`KeyService::get`] |
+//! | `POST /users/{userId}/keys/_search` | [`KeyService::list`] |
+//! | `DELETE /users/{userId}/keys/{keyId}` | [`KeyService::remove`] |
+//!
+//! The routes need a [`Principal`] from [`JwtProfileLayer`](crate::JwtProfileLayer);
+//! without one they answer 401. Request bodies are limited to 64 KiB.
+//!
+//! ```
+//! use axum::Router;
+//! use jwt_profile::{JwtProfileLayer, KeyService, Validation, Verifier};
+//! use jwt_profile::http::KeyApi;
+//! use jwt_profile::store::{CachedStore, MemoryStore};
+//!
+//! let store = CachedStore::new(MemoryStore::new());
+//! let api = KeyApi::new(KeyService::new(store.clone()));
+//! let verifier = Verifier::new(store, Validation::new(["https://api.example.com"]));
+//! let app: Router = Router::new()
+//!     .merge(api.router())
+//!     .layer(JwtProfileLayer::new(verifier));
+//! # let _ = app;
+//! ```
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use http::{HeaderMap, HeaderName, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::key::{Details, KeyType, MachineKey};
+use crate::principal::{MissingPrincipal, Principal};
+use crate::service::{CreateKey, KeyService, ListKeys};
+
+/// Largest accepted request body, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The default organization header.
+pub const ORG_HEADER: &str = "x-zitadel-orgid";
+
+/// The REST key API: [`KeyService`] plus the name of the organization header.
+#[derive(Clone, Debug)]
+pub struct KeyApi {
+    service: KeyService,
+    org_header: HeaderName,
+}
+
+impl KeyApi {
+    /// The API over `service`, reading the target organization from
+    /// `x-zitadel-orgid`.
+    pub fn new(service: KeyService) -> KeyApi {
+        KeyApi {
+            service,
+            org_header: HeaderName::from_static(ORG_HEADER),
+        }
+    }
+
+    /// Reads the target organization from another header.
+    pub fn org_header(mut self, name: HeaderName) -> KeyApi {
+        self.org_header = name;
+        self
+    }
+
+    /// The routes, ready to merge into an application's router (any state).
+    /// A `Router<()>` is also a tower `Service`.
+    pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        Router::new()
+            .route("/users/{user_id}/keys", post(create))
+            .route("/users/{user_id}/keys/_search", post(list))
+            .route("/users/{user_id}/keys/{key_id}", get(read).delete(remove))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self)
+    }
+
+    fn org<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, Error> {
+        match headers.get(&self.org_header) {
+            None => Ok(None),
+            Some(v) => v.to_str().map(Some).map_err(|_| {
+                Error::invalid(
+                    "PARAM-org-id-invalid",
+                    format!("the {} header is not valid text", self.org_header),
+                )
+            }),
+        }
+    }
+}
+
+/// The REST routes over `service` with default settings; see [`KeyApi`].
+pub fn router(service: KeyService) -> Router {
+    KeyApi::new(service).router()
+}
+
+// ---- responses --------------------------------------------------------------
+
+fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetailsJson {
+    sequence: String,
+    creation_date: String,
+    change_date: String,
+    resource_owner: String,
+}
+
+impl From<&Details> for DetailsJson {
+    fn from(d: &Details) -> Self {
+        DetailsJson {
+            sequence: d.sequence.to_string(),
+            creation_date: timestamp(d.creation_date),
+            change_date: timestamp(d.change_date),
+            resource_owner: d.resource_owner.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyJson {
+    id: String,
+    details: DetailsJson,
+    #[serde(rename = "type")]
+    key_type: &'static str,
+    expiration_date: String,
+}
+
+impl From<&MachineKey> for KeyJson {
+    fn from(k: &MachineKey) -> Self {
+        KeyJson {
+            id: k.id.clone(),
+            details: (&k.details).into(),
+            key_type: k.key_type.as_str(),
+            expiration_date: timestamp(k.expiration_date),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AddKeyResponse {
+    key_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_details: Option<String>,
+    details: DetailsJson,
+}
+
+#[derive(Serialize)]
+struct GetKeyResponse {
+    key: KeyJson,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListDetailsJson {
+    total_result: String,
+    view_timestamp: String,
+}
+
+#[derive(Serialize)]
+struct ListKeysResponse {
+    details: ListDetailsJson,
+    result: Vec<KeyJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeDetailsJson {
+    sequence: String,
+    change_date: String,
+    resource_owner: String,
+}
+
+#[derive(Serialize)]
+struct RemoveKeyResponse {
+    details: ChangeDetailsJson,
+}
+
+fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => error_response(&Error::new(
+            crate::Code::Internal,
+            "INTERNAL-serialize",
+            format!("response could not be serialized: {e}"),
+        )),
+    }
+}
+
+fn error_response(err: &Error) -> Response {
+    err.to_http_response().map(Body::from)
+}
+
+/// Runs a handler body, turning its error into the JSON error response.
+fn respond(result: Result<Response, Error>) -> Response {
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+// ---- requests ---------------------------------------------------------------
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
+    body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Error::invalid(
+                "BODY-too-large",
+                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        }
+        other => Error::invalid("BODY-unreadable", format!("request body could not be read: {other}")),
+    })
+}
+
+fn parse_body<'a, T: Deserialize<'a> + Default>(bytes: &'a [u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid("BODY-malformed", format!("request body is not valid: {e}")))
+}
+
+fn path_error(e: PathRejection) -> Error {
+    Error::invalid("PARAM-invalid", format!("invalid path parameter: {}", e.body_text()))
+}
+
+fn principal(p: Option<Principal>) -> Result<Principal, Error> {
+    p.ok_or_else(|| MissingPrincipal.error())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AddKeyBody {
+    #[serde(rename = "type")]
+    key_type: Option<Value>,
+    expiration_date: Option<String>,
+    public_key: Option<String>,
+}
+
+fn parse_key_type(v: Option<&Value>) -> Result<KeyType, Error> {
+    match v {
+        None | Some(Value::Null) => Ok(KeyType::Json),
+        Some(Value::String(s)) if s == "KEY_TYPE_JSON" || s == "KEY_TYPE_UNSPECIFIED" => {
+            Ok(KeyType::Json)
+        }
+        Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => Ok(KeyType::Json),
+        Some(other) => Err(Error::invalid(
+            "KEY-type-invalid",
+            format!("type {other} is not supported; use KEY_TYPE_JSON"),
+        )),
+    }
+}
+
+fn parse_expiration(v: Option<&str>) -> Result<Option<DateTime<Utc>>, Error> {
+    match v {
+        None => Ok(None),
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|e| {
+                Error::invalid(
+                    "KEY-expiration-invalid",
+                    format!("expirationDate is not an RFC 3339 timestamp: {e}"),
+                )
+            }),
+    }
+}
+
+/// proto3 JSON `bytes`: standard or URL-safe base64, padding optional.
+fn parse_public_key(v: Option<&str>) -> Result<Option<Vec<u8>>, Error> {
+    let Some(s) = v.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let config = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    let alphabet = if s.contains(['-', '_']) {
+        &alphabet::URL_SAFE
+    } else {
+        &alphabet::STANDARD
+    };
+    GeneralPurpose::new(alphabet, config)
+        .decode(s)
+        .map(Some)
+        .map_err(|e| Error::invalid("KEY-public-key-bad-base64", format!("publicKey is not valid base64: {e}")))
+}
+
+#[derive(Deserialize, Default)]
+struct ListBody {
+    query: Option<ListQueryBody>,
+}
+
+#[derive(Deserialize, Default)]
+struct ListQueryBody {
+    offset: Option<Value>,
+    limit: Option<Value>,
+    asc: Option<bool>,
+}
+
+/// proto3 JSON integers: a number or a decimal string.
+fn parse_uint(v: Option<&Value>, name: &str, max: u64) -> Result<u64, Error> {
+    let n = match v {
+        None | Some(Value::Null) => Some(0),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse::<u64>().ok(),
+        Some(_) => None,
+    };
+    match n {
+        Some(n) if n <= max => Ok(n),
+        _ => Err(Error::invalid(
+            "LIST-query-invalid",
+            format!("query.{name} must be an unsigned integer of at most {max}"),
+        )),
+    }
+}
+
+// ---- handlers ---------------------------------------------------------------
+
+async fn create(
+    State(api): State<KeyApi>,
+    caller: Option<Principal>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(async {
+        let caller = principal(caller)?;
+        let Path(user_id) = path.map_err(path_error)?;
+        let org = api.org(&headers)?;
+        let bytes = body_bytes(body)?;
+        let body: AddKeyBody = parse_body(&bytes)?;
+        let request = CreateKey {
+            key_type: parse_key_type(body.key_type.as_ref())?,
+            expiration_date: parse_expiration(body.expiration_date.as_deref())?,
+            public_key: parse_public_key(body.public_key.as_deref())?,
+        };
+        let created = api.service.create(&caller, org, &user_id, request).await?;
+        let key_details = created
+            .key_file
+            .as_ref()
+            .map(|file| STANDARD.encode(file.to_json()));
+        Ok(json(&AddKeyResponse {
+            key_id: created.key.id.clone(),
+            key_details,
+            details: (&created.key.details).into(),
+        }))
+    }
+    .await)
+}
+
+async fn read(
+    State(api): State<KeyApi>,
+    caller: Option<Principal>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    respond(async {
+        let caller = principal(caller)?;
+        let Path((user_id, key_id)) = path.map_err(path_error)?;
+        let org = api.org(&headers)?;
+        let key = api.service.get(&caller, org, &user_id, &key_id).await?;
+        Ok(json(&GetKeyResponse { key: (&key).into() }))
+    }
+    .await)
+}
+
+async fn list(
+    State(api): State<KeyApi>,
+    caller: Option<Principal>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(async {
+        let caller = principal(caller)?;
+        let Path(user_id) = path.map_err(path_error)?;
+        let org = api.org(&headers)?;
+        let bytes = body_bytes(body)?;
+        let body: ListBody = parse_body(&bytes)?;
+        let query = body.query.unwrap_or_default();
+        let request = ListKeys {
+            offset: parse_uint(query.offset.as_ref(), "offset", u64::MAX)?,
+            limit: parse_uint(query.limit.as_ref(), "limit", u64::from(u32::MAX))? as u32,
+            asc: query.asc.unwrap_or(false),
+        };
+        let page = api.service.list(&caller, org, &user_id, request).await?;
+        Ok(json(&ListKeysResponse {
+            details: ListDetailsJson {
+                total_result: page.total.to_string(),
+                view_timestamp: timestamp(page.view_timestamp),
+            },
+            result: page.keys.iter().map(KeyJson::from).collect(),
+        }))
+    }
+    .await)
+}
+
+async fn remove(
+    State(api): State<KeyApi>,
+    caller: Option<Principal>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    respond(async {
+        let caller = principal(caller)?;
+        let Path((user_id, key_id)) = path.map_err(path_error)?;
+        let org = api.org(&headers)?;
+        let details = api.service.remove(&caller, org, &user_id, &key_id).await?;
+        Ok(json(&RemoveKeyResponse {
+            details: ChangeDetailsJson {
+                sequence: details.sequence.to_string(),
+                change_date: timestamp(details.change_date),
+                resource_owner: details.resource_owner,
+            },
+        }))
+    }
+    .await)
+}

@@ -1,0 +1,537 @@
+//! [`JwtProfileLayer`]: a tower layer that validates the request's assertion
+//! with a [`Verifier`] and hands the inner service a [`Principal`] in the
+//! request's extensions. It only extracts the token and shapes the answer;
+//! every rule lives in the verifier.
+//!
+//! ```
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use jwt_profile::{JwtProfileLayer, Principal, Validation, Verifier};
+//! use jwt_profile::store::{CachedStore, MemoryStore};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let verifier = Verifier::new(CachedStore::new(MemoryStore::new()), Validation::new(["https://api.example.com"]));
+//! let svc = ServiceBuilder::new()
+//!     .layer(JwtProfileLayer::new(verifier))
+//!     .service(service_fn(|req: Request<Full<Bytes>>| async move {
+//!         let who = req.extensions().get::<Principal>().map(|p| p.user_id.clone());
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(who.unwrap_or_default()))))
+//!     }));
+//! let res = svc.oneshot(Request::new(Full::new(Bytes::new()))).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+//! # });
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::{Code, Error};
+use crate::principal::Principal;
+use crate::verify::{Reason, Verifier, VerifyError};
+
+type RejectionHook = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
+
+struct Options {
+    optional: bool,
+    header: HeaderName,
+    realm: String,
+    on_rejection: Option<Arc<RejectionHook>>,
+}
+
+/// Validates JWT-profile assertions in front of any tower service (axum,
+/// hyper 1, tonic).
+///
+/// By default the token comes from `Authorization: Bearer <token>`, every
+/// request must carry one, and refusals are answered per SPEC §3.
+#[derive(Clone)]
+pub struct JwtProfileLayer {
+    verifier: Verifier,
+    options: Arc<Options>,
+}
+
+impl std::fmt::Debug for JwtProfileLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtProfileLayer")
+            .field("optional", &self.options.optional)
+            .field("header", &self.options.header)
+            .field("realm", &self.options.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtProfileLayer {
+    /// A layer validating with `verifier`.
+    pub fn new(verifier: Verifier) -> JwtProfileLayer {
+        JwtProfileLayer {
+            verifier,
+            options: Arc::new(Options {
+                optional: false,
+                header: AUTHORIZATION,
+                realm: "jwt-profile".to_string(),
+                on_rejection: None,
+            }),
+        }
+    }
+
+    fn options_mut(&mut self) -> &mut Options {
+        // Builder methods run before the layer is cloned; copy if shared.
+        if Arc::get_mut(&mut self.options).is_none() {
+            self.options = Arc::new(Options {
+                optional: self.options.optional,
+                header: self.options.header.clone(),
+                realm: self.options.realm.clone(),
+                on_rejection: self.options.on_rejection.clone(),
+            });
+        }
+        Arc::get_mut(&mut self.options).expect("just made unique")
+    }
+
+    /// Lets requests without credentials through, without a [`Principal`]
+    /// (handlers decide). A token that is present must still be valid.
+    pub fn optional(mut self) -> Self {
+        self.options_mut().optional = true;
+        self
+    }
+
+    /// Takes the token from another header. Its value is the token itself
+    /// (a leading `Bearer ` is accepted too).
+    pub fn token_header(mut self, name: HeaderName) -> Self {
+        self.options_mut().header = name;
+        self
+    }
+
+    /// The realm named in `WWW-Authenticate` (default `jwt-profile`).
+    /// Quotes and backslashes are removed.
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        let realm: String = realm
+            .into()
+            .chars()
+            .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+            .collect();
+        self.options_mut().realm = realm;
+        self
+    }
+
+    /// Shapes refusal responses yourself; the hook receives the
+    /// [`Rejection`] (whose [`Rejection::default_response`] is what the
+    /// layer would send) and returns the response to send.
+    pub fn on_rejection(
+        mut self,
+        hook: impl Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.options_mut().on_rejection = Some(Arc::new(hook));
+        self
+    }
+}
+
+impl<S> Layer<S> for JwtProfileLayer {
+    type Service = JwtProfile<S>;
+
+    fn layer(&self, inner: S) -> JwtProfile<S> {
+        JwtProfile {
+            inner,
+            verifier: self.verifier.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+/// The service made by [`JwtProfileLayer`].
+#[derive(Clone)]
+pub struct JwtProfile<S> {
+    inner: S,
+    verifier: Verifier,
+    options: Arc<Options>,
+}
+
+impl<S> std::fmt::Debug for JwtProfile<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtProfile").finish_non_exhaustive()
+    }
+}
+
+/// What kind of refusal a [`Rejection`] is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// No credentials (no header, or another scheme than Bearer).
+    MissingCredentials,
+    /// The token was refused.
+    InvalidToken(Reason),
+    /// The key store could not be asked.
+    StoreUnavailable,
+}
+
+/// A refused request, as passed to [`JwtProfileLayer::on_rejection`].
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    kind: RejectionKind,
+    error: Error,
+    grpc: bool,
+    realm: String,
+}
+
+impl Rejection {
+    fn new(kind: RejectionKind, grpc: bool, realm: &str) -> Rejection {
+        let error = match &kind {
+            RejectionKind::MissingCredentials => Error::new(
+                Code::Unauthenticated,
+                "AUTH-missing",
+                "no bearer token in the request",
+            ),
+            RejectionKind::InvalidToken(r) => VerifyError::Invalid(*r).to_error(),
+            RejectionKind::StoreUnavailable => {
+                VerifyError::Unavailable(String::new()).to_error()
+            }
+        };
+        Rejection {
+            kind,
+            error,
+            grpc,
+            realm: realm.to_string(),
+        }
+    }
+
+    /// What kind of refusal this is.
+    pub fn kind(&self) -> &RejectionKind {
+        &self.kind
+    }
+
+    /// The error (code 16 or 14, stable id, message).
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// Whether the request was a gRPC request (`content-type: application/grpc…`).
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
+    /// The response the layer sends by default: for HTTP a 401 with
+    /// `WWW-Authenticate` (or 503) and the JSON error body; for gRPC a
+    /// trailers-only response with `grpc-status` and `grpc-message`.
+    pub fn default_response(&self) -> Response<Bytes> {
+        if self.grpc {
+            let mut res = Response::new(Bytes::new());
+            let h = res.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert(
+                "grpc-status",
+                HeaderValue::from(self.error.code().as_i32()),
+            );
+            if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(self.error.message())) {
+                h.insert("grpc-message", v);
+            }
+            return res;
+        }
+        let mut res = self.error.to_http_response();
+        let challenge = match &self.kind {
+            RejectionKind::MissingCredentials => format!("Bearer realm=\"{}\"", self.realm),
+            RejectionKind::InvalidToken(r) => format!(
+                "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+                self.realm,
+                r.description()
+            ),
+            RejectionKind::StoreUnavailable => return res,
+        };
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            res.headers_mut().insert(WWW_AUTHENTICATE, v);
+        }
+        debug_assert!(
+            res.status() == StatusCode::UNAUTHORIZED || res.status() == StatusCode::SERVICE_UNAVAILABLE
+        );
+        res
+    }
+}
+
+/// Percent-encodes a grpc-message as the gRPC HTTP/2 spec asks.
+fn grpc_percent_encode(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for b in msg.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Where the token sits in the header value.
+enum Credentials {
+    None,
+    Token { value: HeaderValue, start: usize },
+}
+
+fn credentials(value: Option<&HeaderValue>, scheme_required: bool) -> Credentials {
+    let Some(value) = value else {
+        return Credentials::None;
+    };
+    let bytes = value.as_bytes();
+    let has_scheme = bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ");
+    let start = if has_scheme {
+        7 + bytes[7..].iter().take_while(|b| **b == b' ').count()
+    } else if scheme_required {
+        // Another scheme (e.g. Basic): not our credentials.
+        return Credentials::None;
+    } else {
+        0
+    };
+    Credentials::Token {
+        value: value.clone(),
+        start,
+    }
+}
+
+type VerifyFuture = Pin<Box<dyn Future<Output = Result<Principal, VerifyError>> + Send>>;
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for JwtProfile<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    ReqB: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let grpc = is_grpc(&req);
+        let options = self.options.clone();
+        let scheme_required = options.header == AUTHORIZATION;
+        let creds = credentials(req.headers().get(&options.header), scheme_required);
+        // A Principal must only ever come from this layer.
+        req.extensions_mut().remove::<Principal>();
+        let state = match creds {
+            Credentials::None if options.optional => State::Calling {
+                fut: self.inner.call(req),
+            },
+            Credentials::None => State::Rejected {
+                rejection: Some(Rejection::new(
+                    RejectionKind::MissingCredentials,
+                    grpc,
+                    &options.realm,
+                )),
+            },
+            Credentials::Token { value, start } => {
+                // The service that was driven to readiness is the one that
+                // must be called; keep it and leave a clone in its place
+                // (see tower's guide on `Service::call` and cloning).
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let verifier = self.verifier.clone();
+                let verify: VerifyFuture = Box::pin(async move {
+                    let token = std::str::from_utf8(&value.as_bytes()[start..]).map_err(|_| {
+                        VerifyError::Invalid(Reason::Malformed("token is not ASCII"))
+                    })?;
+                    verifier.verify(token.trim_end_matches([' ', '\t'])).await
+                });
+                State::Verifying {
+                    verify,
+                    svc: Some(ready),
+                    req: Some(req),
+                }
+            }
+        };
+        ResponseFuture {
+            state,
+            options,
+            grpc,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`JwtProfile`].
+    pub struct ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<S, ReqB>,
+        options: Arc<Options>,
+        grpc: bool,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        Verifying {
+            verify: VerifyFuture,
+            svc: Option<S>,
+            req: Option<Request<ReqB>>,
+        },
+        Calling {
+            #[pin]
+            fut: S::Future,
+        },
+        Rejected {
+            rejection: Option<Rejection>,
+        },
+    }
+}
+
+impl<S, ReqB> std::fmt::Debug for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+fn render<B>(options: &Options, rejection: &Rejection) -> Response<ResponseBody<B>> {
+    let res = match &options.on_rejection {
+        Some(hook) => hook(rejection),
+        None => rejection.default_response(),
+    };
+    res.map(ResponseBody::full)
+}
+
+impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Verifying { verify, svc, req } => {
+                    let outcome = ready!(verify.as_mut().poll(cx));
+                    let kind = match outcome {
+                        Ok(principal) => {
+                            let (Some(mut svc), Some(mut req)) = (svc.take(), req.take()) else {
+                                panic!("ResponseFuture polled after completion");
+                            };
+                            req.extensions_mut().insert(principal);
+                            let fut = svc.call(req);
+                            this.state.set(State::Calling { fut });
+                            continue;
+                        }
+                        Err(VerifyError::Invalid(reason)) => RejectionKind::InvalidToken(reason),
+                        Err(VerifyError::Unavailable(why)) => {
+                            tracing::warn!(%why, "key store unavailable during verification");
+                            RejectionKind::StoreUnavailable
+                        }
+                    };
+                    let rejection = Rejection::new(kind, *this.grpc, &this.options.realm);
+                    return Poll::Ready(Ok(render(this.options, &rejection)));
+                }
+                StateProj::Calling { fut } => {
+                    return fut
+                        .poll(cx)
+                        .map(|r| r.map(|res| res.map(ResponseBody::inner)));
+                }
+                StateProj::Rejected { rejection } => {
+                    let Some(rejection) = rejection.take() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    return Poll::Ready(Ok(render(this.options, &rejection)));
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response body of [`JwtProfile`]: the inner service's body, or
+    /// the layer's own refusal body.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyProj]
+    enum BodyKind<B> {
+        Inner {
+            #[pin]
+            body: B,
+        },
+        Full {
+            body: Option<Bytes>,
+        },
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> ResponseBody<B> {
+    fn inner(body: B) -> Self {
+        ResponseBody {
+            kind: BodyKind::Inner { body },
+        }
+    }
+
+    fn full(bytes: Bytes) -> Self {
+        ResponseBody {
+            kind: BodyKind::Full {
+                body: if bytes.is_empty() { None } else { Some(bytes) },
+            },
+        }
+    }
+}
+
+impl<B> http_body::Body for ResponseBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            BodyProj::Inner { body } => body.poll_frame(cx),
+            BodyProj::Full { body } => Poll::Ready(body.take().map(|b| Ok(http_body::Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Full { body } => body.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.kind {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Full { body } => {
+                http_body::SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! # jwt-profile
+//!
+//! Machine logins for tower, axum and hyper services. Machine users hold
+//! private keys; the service keeps their public keys; every request carries
+//! a JWT signed by the machine — an RFC 7523 "JWT profile" assertion, as
+//! ZITADEL's client libraries and key files make them.
+//!
+//! The crate gives you three parts that work together:
+//!
+//! 1. **Key operations** — [`KeyService`] (create, get, list, remove machine
+//!    keys, with expiration dates, organizations and a permission
+//!    [`Policy`](policy::Policy)), and its REST routes in [`http`] shaped like
+//!    ZITADEL's management API.
+//! 2. **A tower layer** — [`JwtProfileLayer`] validates assertions with a
+//!    [`Verifier`] and hands your handlers a [`Principal`].
+//! 3. **A pluggable [`KeyStore`](store::KeyStore)** with a cache
+//!    ([`CachedStore`](store::CachedStore)) in front.
+//!
+//! ## Quick start (axum)
+//!
+//! ```
+//! use axum::{Json, Router, routing::get};
+//! use jwt_profile::{JwtProfileLayer, KeyService, Principal, Validation, Verifier};
+//! use jwt_profile::http::KeyApi;
+//! use jwt_profile::policy::DefaultPolicy;
+//! use jwt_profile::store::{CachedStore, MemoryStore};
+//!
+//! async fn whoami(who: Principal) -> String {
+//!     format!("hello {} of {}", who.user_id, who.org_id)
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! // One cache over the store, shared by the key API and the verifier, so a
+//! // removed key stops working at once.
+//! let store = CachedStore::new(MemoryStore::new());
+//! let keys = KeyService::new(store.clone())
+//!     .with_policy(DefaultPolicy::new().with_admin("default", "admin"));
+//! let verifier = Verifier::new(store, Validation::new(["https://api.example.com"]));
+//!
+//! let app = Router::new()
+//!     .route("/whoami", get(whoami))
+//!     .merge(KeyApi::new(keys).router())
+//!     .layer(JwtProfileLayer::new(verifier));
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # if false {
+//! axum::serve(listener, app).await?;
+//! # }
+//! # Ok(()) }
+//! ```
+//!
+//! See the README for the validation rules and a walk-through.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod error;
+#[cfg(feature = "axum")]
+pub mod http;
+pub mod key;
+pub mod key_file;
+pub mod layer;
+pub mod policy;
+pub mod principal;
+pub mod service;
+pub mod store;
+pub mod verify;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Code, Error};
+pub use key_file::{AssertionSigner, KeyFile};
+pub use layer::{JwtProfile, JwtProfileLayer, Rejection, RejectionKind, ResponseBody, ResponseFuture};
+pub use principal::Principal;
+pub use service::KeyService;
+pub use verify::{Reason, Validation, Verifier, VerifyError};

@@ -1,0 +1,97 @@
+//! The [`Principal`]: who a validated assertion proves the caller to be.
+
+use chrono::{DateTime, Utc};
+
+/// Who a validated assertion proves the caller to be.
+///
+/// The layer inserts it into the request's extensions; handlers read it from
+/// there (or, with the `axum` feature, take it as an extractor).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The machine user (`iss` = `sub` of the assertion).
+    pub user_id: String,
+    /// The user's organization: the key's `resourceOwner`.
+    pub org_id: String,
+    /// The id of the key that signed the assertion (`kid`).
+    pub key_id: String,
+    /// The assertion's `exp`.
+    pub expires_at: DateTime<Utc>,
+    /// The assertion's `iat`.
+    pub issued_at: DateTime<Utc>,
+}
+
+impl Principal {
+    /// A principal for code that acts as a user without an assertion, such as
+    /// a bootstrap step acting as the administrator. Both dates are `now`.
+    pub fn new(user_id: impl Into<String>, org_id: impl Into<String>, key_id: impl Into<String>) -> Self {
+        let now = Utc::now();
+        Principal {
+            user_id: user_id.into(),
+            org_id: org_id.into(),
+            key_id: key_id.into(),
+            expires_at: now,
+            issued_at: now,
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+mod extract {
+    use super::Principal;
+    use crate::error::{Code, Error};
+    use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+    use axum::response::{IntoResponse, Response};
+    use http::request::Parts;
+
+    /// Rejection of the [`Principal`] extractor: the route is not behind
+    /// [`JwtProfileLayer`](crate::JwtProfileLayer), or the layer is optional
+    /// and the request carried no credentials. Answers 401 with the JSON
+    /// error body.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct MissingPrincipal;
+
+    impl MissingPrincipal {
+        /// The error this rejection stands for.
+        pub fn error(self) -> Error {
+            Error::new(
+                Code::Unauthenticated,
+                "AUTH-missing",
+                "this route requires an authenticated machine user",
+            )
+        }
+    }
+
+    impl IntoResponse for MissingPrincipal {
+        fn into_response(self) -> Response {
+            let res = self.error().to_http_response();
+            let (mut parts, body) = res.into_parts();
+            parts.headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            Response::from_parts(parts, axum::body::Body::from(body))
+        }
+    }
+
+    impl<S: Send + Sync> FromRequestParts<S> for Principal {
+        type Rejection = MissingPrincipal;
+
+        async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+            parts.extensions.get::<Principal>().cloned().ok_or(MissingPrincipal)
+        }
+    }
+
+    impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
+        type Rejection = std::convert::Infallible;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Option<Self>, Self::Rejection> {
+            Ok(parts.extensions.get::<Principal>().cloned())
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+pub use extract::MissingPrincipal;

@@ -1,0 +1,415 @@
+//! [`KeyService`]: create, get, list and remove machine keys — the one home
+//! of SPEC §2's rules (input, organization scoping, permission, binding).
+//! The REST adapter (and any other) only translates to and from it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Code, Error};
+use crate::key::{self, Details, KeyType, MachineKey, PublicKey};
+use crate::key_file::KeyFile;
+use crate::policy::{Action, DefaultPolicy, KeyAccess, Policy};
+use crate::principal::Principal;
+use crate::store::{KeyStore, ListQuery, NewKey, StoreError};
+
+/// Longest accepted user id, key id or organization id, in bytes.
+pub const MAX_ID_BYTES: usize = 200;
+/// Page size when a list request names none (or 0).
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Largest page size a list request may ask for.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// What kind of identifier is being checked; names the error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    /// A machine user id.
+    User,
+    /// A key id.
+    Key,
+    /// An organization id.
+    Org,
+}
+
+impl IdKind {
+    fn name(self) -> &'static str {
+        match self {
+            IdKind::User => "userId",
+            IdKind::Key => "keyId",
+            IdKind::Org => "organization id",
+        }
+    }
+
+    fn error_id(self) -> &'static str {
+        match self {
+            IdKind::User => "PARAM-user-id-invalid",
+            IdKind::Key => "PARAM-key-id-invalid",
+            IdKind::Org => "PARAM-org-id-invalid",
+        }
+    }
+}
+
+/// Checks an identifier against SPEC §1: 1–200 bytes of UTF-8, no control
+/// characters, no `/`.
+///
+/// ```
+/// use jwt_profile::service::{validate_id, IdKind};
+/// assert!(validate_id(IdKind::User, "ci-bot").is_ok());
+/// assert!(validate_id(IdKind::User, "").is_err());
+/// assert!(validate_id(IdKind::User, "a/b").is_err());
+/// ```
+pub fn validate_id(kind: IdKind, value: &str) -> Result<(), Error> {
+    let problem = if value.is_empty() {
+        Some("must not be empty")
+    } else if value.len() > MAX_ID_BYTES {
+        Some("is longer than 200 bytes")
+    } else if value.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if value.contains('/') {
+        Some("contains '/'")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(Error::invalid(kind.error_id(), format!("{} {p}", kind.name()))),
+        None => Ok(()),
+    }
+}
+
+/// A request to create a key.
+#[derive(Clone, Debug, Default)]
+pub struct CreateKey {
+    /// The key type (only JSON exists).
+    pub key_type: KeyType,
+    /// When the key expires; `None` means `9999-12-31T23:59:59Z`.
+    pub expiration_date: Option<DateTime<Utc>>,
+    /// The user's own public key as a PEM document; `None` means the server
+    /// generates an RSA-2048 key pair and returns its key file once.
+    pub public_key: Option<Vec<u8>>,
+}
+
+/// The result of [`KeyService::create`].
+#[derive(Debug)]
+pub struct CreatedKey {
+    /// The stored key.
+    pub key: MachineKey,
+    /// The key file with the private key, when the server generated the pair.
+    /// It exists only here: it is never stored.
+    pub key_file: Option<KeyFile>,
+}
+
+/// A list request as received; [`KeyService::list`] applies the limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListKeys {
+    /// How many keys to skip.
+    pub offset: u64,
+    /// Page size; 0 means 100; above 1000 is refused.
+    pub limit: u32,
+    /// Oldest first when true; newest first otherwise.
+    pub asc: bool,
+}
+
+/// One page of a user's keys.
+#[derive(Clone, Debug)]
+pub struct KeyList {
+    /// How many keys the user has in the organization.
+    pub total: u64,
+    /// When the list was read.
+    pub view_timestamp: DateTime<Utc>,
+    /// The keys of this page.
+    pub keys: Vec<MachineKey>,
+}
+
+type IdGenerator = dyn Fn() -> String + Send + Sync;
+
+/// The key operations of SPEC §2 over a [`KeyStore`].
+///
+/// ```
+/// # tokio_test_block(async {
+/// use jwt_profile::{KeyService, Principal};
+/// use jwt_profile::policy::DefaultPolicy;
+/// use jwt_profile::service::CreateKey;
+/// use jwt_profile::store::{CachedStore, MemoryStore};
+///
+/// let store = CachedStore::new(MemoryStore::new());
+/// let keys = KeyService::new(store).with_policy(DefaultPolicy::new().with_admin("default", "admin"));
+/// let admin = Principal::new("admin", "default", "bootstrap");
+/// let created = keys.create(&admin, None, "ci-bot", CreateKey::default()).await.unwrap();
+/// assert!(created.key_file.is_some());
+/// # });
+/// # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct KeyService {
+    store: Arc<dyn KeyStore>,
+    policy: Arc<dyn Policy>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<IdGenerator>,
+}
+
+impl std::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyService").finish_non_exhaustive()
+    }
+}
+
+fn store_error(e: StoreError) -> Error {
+    match e {
+        StoreError::DuplicateId => Error::new(
+            Code::AlreadyExists,
+            "KEY-id-exists",
+            "a key with this id exists already",
+        ),
+        StoreError::UserInOtherOrg(org) => Error::new(
+            Code::FailedPrecondition,
+            "KEY-user-other-org",
+            format!("the user's keys belong to another organization ({org})"),
+        ),
+        StoreError::Unavailable(why) => {
+            tracing::warn!(%why, "key store unavailable");
+            Error::new(
+                Code::Unavailable,
+                "STORE-unavailable",
+                "the key store cannot be reached; try again",
+            )
+        }
+    }
+}
+
+fn not_found() -> Error {
+    Error::new(
+        Code::NotFound,
+        "KEY-not-found",
+        "no such key for this user and organization",
+    )
+}
+
+impl KeyService {
+    /// A service over `store` with the default policy and no administrators.
+    /// Pass a [`CachedStore`](crate::store::CachedStore) shared with the
+    /// verifier so removals take effect there at once.
+    pub fn new(store: impl KeyStore) -> KeyService {
+        KeyService {
+            store: Arc::new(store),
+            policy: Arc::new(DefaultPolicy::new()),
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(default_id_generator()),
+        }
+    }
+
+    /// Replaces the permission policy.
+    pub fn with_policy(mut self, policy: impl Policy) -> KeyService {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// Replaces the clock (for tests).
+    pub fn with_clock(mut self, clock: impl Clock) -> KeyService {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Replaces the key id generator. Ids must be unique in the store; a
+    /// collision is reported as `ALREADY_EXISTS`.
+    pub fn with_id_generator(
+        mut self,
+        ids: impl Fn() -> String + Send + Sync + 'static,
+    ) -> KeyService {
+        self.ids = Arc::new(ids);
+        self
+    }
+
+    /// The current time at millisecond precision, as timestamps are shown.
+    fn now(&self) -> DateTime<Utc> {
+        let now = self.now();
+        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+    }
+
+    /// Resolves the target organization and asks the policy; every operation
+    /// starts here, before it reads anything from the store.
+    fn authorize<'a>(
+        &self,
+        caller: &'a Principal,
+        org_header: Option<&'a str>,
+        user_id: &'a str,
+        action: Action,
+    ) -> Result<&'a str, Error> {
+        validate_id(IdKind::User, user_id)?;
+        let org_id = match org_header {
+            Some(org) => {
+                validate_id(IdKind::Org, org)?;
+                org
+            }
+            None => caller.org_id.as_str(),
+        };
+        let access = KeyAccess {
+            caller,
+            org_id,
+            user_id,
+            action,
+        };
+        if self.policy.allows(&access) {
+            Ok(org_id)
+        } else {
+            Err(Error::new(
+                Code::PermissionDenied,
+                "AUTH-permission-denied",
+                "the caller may not manage this user's keys in this organization",
+            ))
+        }
+    }
+
+    /// Creates a key for `user_id` in the target organization.
+    pub async fn create(
+        &self,
+        caller: &Principal,
+        org_header: Option<&str>,
+        user_id: &str,
+        request: CreateKey,
+    ) -> Result<CreatedKey, Error> {
+        let org_id = self.authorize(caller, org_header, user_id, Action::Create)?;
+        let now = self.now();
+        let expiration_date = request
+            .expiration_date
+            .unwrap_or_else(key::default_expiration);
+        if expiration_date <= now {
+            return Err(Error::invalid(
+                "KEY-expiration-past",
+                "expirationDate must be in the future",
+            ));
+        }
+        if expiration_date > key::default_expiration() {
+            return Err(Error::invalid(
+                "KEY-expiration-too-late",
+                "expirationDate must not be after 9999-12-31T23:59:59Z",
+            ));
+        }
+        let (public_key, private_pem) = match request.public_key {
+            Some(pem) => (PublicKey::from_pem(&pem)?, None),
+            None => {
+                let pair = key::generate_rsa_key_pair()?;
+                (pair.public_key, Some(pair.private_key_pem))
+            }
+        };
+        let new = NewKey {
+            id: (self.ids)(),
+            user_id: user_id.to_owned(),
+            resource_owner: org_id.to_owned(),
+            key_type: request.key_type,
+            public_key,
+            expiration_date,
+            created_at: now,
+        };
+        let key = self.store.insert(new).await.map_err(store_error)?;
+        let key_file = private_pem
+            .map(|pem| KeyFile::new(key.id.clone(), key.user_id.clone(), pem, expiration_date));
+        Ok(CreatedKey { key, key_file })
+    }
+
+    /// Reads one key of `user_id` in the target organization.
+    pub async fn get(
+        &self,
+        caller: &Principal,
+        org_header: Option<&str>,
+        user_id: &str,
+        key_id: &str,
+    ) -> Result<MachineKey, Error> {
+        let org_id = self.authorize(caller, org_header, user_id, Action::Get)?;
+        validate_id(IdKind::Key, key_id)?;
+        self.find(org_id, user_id, key_id).await
+    }
+
+    async fn find(&self, org_id: &str, user_id: &str, key_id: &str) -> Result<MachineKey, Error> {
+        match self.store.get(key_id).await.map_err(store_error)? {
+            Some(k) if k.user_id == user_id && k.resource_owner == org_id => Ok(k),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// Lists `user_id`'s keys in the target organization.
+    pub async fn list(
+        &self,
+        caller: &Principal,
+        org_header: Option<&str>,
+        user_id: &str,
+        request: ListKeys,
+    ) -> Result<KeyList, Error> {
+        let org_id = self.authorize(caller, org_header, user_id, Action::List)?;
+        let limit = match request.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            l if l > MAX_LIST_LIMIT => {
+                return Err(Error::invalid(
+                    "LIST-limit-too-large",
+                    format!("limit must be at most {MAX_LIST_LIMIT}"),
+                ));
+            }
+            l => l,
+        };
+        let query = ListQuery {
+            offset: request.offset,
+            limit,
+            asc: request.asc,
+        };
+        let view_timestamp = self.now();
+        let page = self
+            .store
+            .list(user_id, org_id, query)
+            .await
+            .map_err(store_error)?;
+        Ok(KeyList {
+            total: page.total,
+            view_timestamp,
+            keys: page.keys,
+        })
+    }
+
+    /// Removes a key of `user_id` in the target organization. From then on
+    /// no assertion signed with it is accepted by this process.
+    pub async fn remove(
+        &self,
+        caller: &Principal,
+        org_header: Option<&str>,
+        user_id: &str,
+        key_id: &str,
+    ) -> Result<Details, Error> {
+        let org_id = self.authorize(caller, org_header, user_id, Action::Remove)?;
+        validate_id(IdKind::Key, key_id)?;
+        let key = self.find(org_id, user_id, key_id).await?;
+        let now = self.now();
+        let removed = self
+            .store
+            .remove(key_id, now)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(not_found)?;
+        Ok(Details {
+            sequence: removed.sequence,
+            creation_date: key.details.creation_date,
+            change_date: now,
+            resource_owner: removed.resource_owner,
+        })
+    }
+}
+
+/// Key ids like ZITADEL's: decimal, about 18 digits, increasing with time.
+/// Milliseconds since 2020 in the high bits, then a per-process counter and
+/// random bits, so ids made in one millisecond by several processes differ
+/// with high probability; the store's uniqueness check catches the rest.
+fn default_id_generator() -> impl Fn() -> String + Send + Sync + 'static {
+    const EPOCH_2020_MS: i64 = 1_577_836_800_000;
+    let counter = AtomicU64::new(0);
+    move || {
+        let ms = (Utc::now().timestamp_millis() - EPOCH_2020_MS).max(0) as u64;
+        let count = counter.fetch_add(1, Ordering::Relaxed) & 0xfff;
+        let mut random = [0u8; 2];
+        // If the system RNG fails the counter still keeps ids of this
+        // process apart.
+        let _ = aws_lc_rs::rand::fill(&mut random);
+        let random = u64::from(u16::from_le_bytes(random)) & 0x3ff;
+        ((ms << 22) | (count << 10) | random).to_string()
+    }
+}

@@ -1,0 +1,123 @@
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError};
+use crate::key::{Details, MachineKey};
+
+/// An in-process store: fast, shared by clones of an `Arc`, gone at exit.
+///
+/// ```
+/// use jwt_profile::store::MemoryStore;
+/// let store = MemoryStore::new();
+/// # let _ = store;
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sequence: u64,
+    keys: HashMap<String, MachineKey>,
+    /// Per user: the key ids in creation order.
+    by_user: HashMap<String, Vec<String>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // No code path panics while holding the lock; recover anyway.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert(&self, new: NewKey) -> Result<MachineKey, StoreError> {
+        let mut inner = self.lock();
+        if inner.keys.contains_key(&new.id) {
+            return Err(StoreError::DuplicateId);
+        }
+        if let Some(first) = inner
+            .by_user
+            .get(&new.user_id)
+            .and_then(|ids| ids.first())
+            .and_then(|id| inner.keys.get(id))
+        {
+            if first.resource_owner != new.resource_owner {
+                return Err(StoreError::UserInOtherOrg(first.resource_owner.clone()));
+            }
+        }
+        inner.sequence += 1;
+        let key = MachineKey {
+            id: new.id.clone(),
+            user_id: new.user_id.clone(),
+            resource_owner: new.resource_owner.clone(),
+            key_type: new.key_type,
+            public_key: new.public_key,
+            expiration_date: new.expiration_date,
+            details: Details {
+                sequence: inner.sequence,
+                creation_date: new.created_at,
+                change_date: new.created_at,
+                resource_owner: new.resource_owner,
+            },
+        };
+        inner.keys.insert(new.id.clone(), key.clone());
+        inner.by_user.entry(new.user_id).or_default().push(new.id);
+        Ok(key)
+    }
+
+    async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
+        Ok(self.lock().keys.get(key_id).cloned())
+    }
+
+    async fn list(&self, user_id: &str, org_id: &str, query: ListQuery) -> Result<KeyPage, StoreError> {
+        let inner = self.lock();
+        let mine: Vec<&MachineKey> = inner
+            .by_user
+            .get(user_id)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| inner.keys.get(id))
+                    .filter(|k| k.resource_owner == org_id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let total = mine.len() as u64;
+        let skip = usize::try_from(query.offset).unwrap_or(usize::MAX);
+        let take = query.limit as usize;
+        let keys = if query.asc {
+            mine.iter().skip(skip).take(take).map(|k| (*k).clone()).collect()
+        } else {
+            mine.iter().rev().skip(skip).take(take).map(|k| (*k).clone()).collect()
+        };
+        Ok(KeyPage { total, keys })
+    }
+
+    async fn remove(&self, key_id: &str, _at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
+        let mut inner = self.lock();
+        let Some(key) = inner.keys.remove(key_id) else {
+            return Ok(None);
+        };
+        if let Some(ids) = inner.by_user.get_mut(&key.user_id) {
+            ids.retain(|id| id != key_id);
+            if ids.is_empty() {
+                inner.by_user.remove(&key.user_id);
+            }
+        }
+        inner.sequence += 1;
+        Ok(Some(Removed {
+            sequence: inner.sequence,
+            resource_owner: key.resource_owner,
+        }))
+    }
+}

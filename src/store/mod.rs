@@ -1,0 +1,129 @@
+//! Where machine keys live: the [`KeyStore`] trait and its backends.
+//!
+//! A store persists and finds; it does not judge expiry, permissions or
+//! input — that is [`KeyService`](crate::KeyService)'s job. The one rule a
+//! store enforces is the one that needs atomicity: a user's keys all live in
+//! one organization ([`StoreError::UserInOtherOrg`]).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::key::{KeyType, MachineKey, PublicKey};
+
+mod cached;
+mod memory;
+
+pub use cached::{CacheSettings, CachedStore, KeyLookup};
+pub use memory::MemoryStore;
+
+/// A key to insert; the store assigns its `sequence`.
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    /// The key id, chosen by the service; must be unique in the store.
+    pub id: String,
+    /// The machine user.
+    pub user_id: String,
+    /// The organization.
+    pub resource_owner: String,
+    /// The key type.
+    pub key_type: KeyType,
+    /// The public key.
+    pub public_key: PublicKey,
+    /// The expiration date.
+    pub expiration_date: DateTime<Utc>,
+    /// Creation (and change) time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Which page of a user's keys to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListQuery {
+    /// How many keys to skip.
+    pub offset: u64,
+    /// How many keys to return at most.
+    pub limit: u32,
+    /// Oldest first when true; newest first otherwise.
+    pub asc: bool,
+}
+
+/// One page of a user's keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPage {
+    /// How many keys the user has in the organization in all.
+    pub total: u64,
+    /// The keys of this page.
+    pub keys: Vec<MachineKey>,
+}
+
+/// What a removal changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    /// The sequence allocated for the removal.
+    pub sequence: u64,
+    /// The organization the key belonged to.
+    pub resource_owner: String,
+}
+
+/// Why a store operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// A key with this id exists already.
+    DuplicateId,
+    /// The user already has keys in another organization (named here).
+    UserInOtherOrg(String),
+    /// The store cannot be reached (or answered with an I/O error).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::DuplicateId => f.write_str("a key with this id exists"),
+            StoreError::UserInOtherOrg(org) => {
+                write!(f, "the user's keys belong to organization {org}")
+            }
+            StoreError::Unavailable(why) => write!(f, "key store unavailable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Persistent storage of machine keys.
+///
+/// Implementations must be safe under concurrent calls. Key ids are unique
+/// per store; `sequence` values only grow.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Inserts a key, allocating its sequence. Fails with
+    /// [`StoreError::DuplicateId`] when the id is taken and with
+    /// [`StoreError::UserInOtherOrg`] when the user has keys in another
+    /// organization — checked atomically with the insert.
+    async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError>;
+
+    /// The key with this id, whoever owns it.
+    async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError>;
+
+    /// A page of `user_id`'s keys in organization `org_id`, ordered by
+    /// creation (sequence).
+    async fn list(&self, user_id: &str, org_id: &str, query: ListQuery) -> Result<KeyPage, StoreError>;
+
+    /// Removes the key with this id; `None` when there is none.
+    async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError>;
+}
+
+#[async_trait]
+impl<S: KeyStore + ?Sized> KeyStore for std::sync::Arc<S> {
+    async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
+        (**self).insert(key).await
+    }
+    async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
+        (**self).get(key_id).await
+    }
+    async fn list(&self, user_id: &str, org_id: &str, query: ListQuery) -> Result<KeyPage, StoreError> {
+        (**self).list(user_id, org_id, query).await
+    }
+    async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
+        (**self).remove(key_id, at).await
+    }
+}
