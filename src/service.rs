@@ -225,7 +225,7 @@ impl KeyService {
 
     /// The current time at millisecond precision, as timestamps are shown.
     fn now(&self) -> DateTime<Utc> {
-        let now = self.now();
+        let now = self.clock.now();
         DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
     }
 
