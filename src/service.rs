@@ -149,6 +149,7 @@ pub struct KeyService {
     policy: Arc<dyn Policy>,
     clock: Arc<dyn Clock>,
     ids: Arc<IdGenerator>,
+    max_keys_per_user: Option<u64>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -198,6 +199,7 @@ impl KeyService {
             policy: Arc::new(DefaultPolicy::new()),
             clock: Arc::new(SystemClock),
             ids: Arc::new(default_id_generator()),
+            max_keys_per_user: None,
         }
     }
 
@@ -227,6 +229,13 @@ impl KeyService {
     fn now(&self) -> DateTime<Utc> {
         let now = self.clock.now();
         DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+    }
+
+    /// Limits how many keys one user may hold (default: no limit). Creating
+    /// one more is refused with `RESOURCE_EXHAUSTED` (429).
+    pub fn with_max_keys_per_user(mut self, max: u64) -> KeyService {
+        self.max_keys_per_user = Some(max);
+        self
     }
 
     /// Resolves the target organization and asks the policy; every operation
@@ -295,6 +304,21 @@ impl KeyService {
                 (pair.public_key, Some(pair.private_key_pem))
             }
         };
+        if let Some(max) = self.max_keys_per_user {
+            let held = self
+                .store
+                .list(user_id, org_id, ListQuery { offset: 0, limit: 0, asc: true })
+                .await
+                .map_err(store_error)?
+                .total;
+            if held >= max {
+                return Err(Error::new(
+                    Code::ResourceExhausted,
+                    "KEY-limit-reached",
+                    format!("the user holds {held} keys; at most {max} are allowed"),
+                ));
+            }
+        }
         let new = NewKey {
             id: (self.ids)(),
             user_id: user_id.to_owned(),

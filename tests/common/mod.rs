@@ -1,0 +1,221 @@
+//! Shared test harness: a real axum server on 127.0.0.1 and a real HTTP
+//! client. Each test file uses the parts it needs.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jwt_profile::http::KeyApi;
+use jwt_profile::policy::DefaultPolicy;
+use jwt_profile::service::CreateKey;
+use jwt_profile::store::{CachedStore, KeyStore, MemoryStore};
+use jwt_profile::{
+    AssertionSigner, JwtProfileLayer, KeyService, ManualClock, Principal, Validation, Verifier,
+};
+use serde_json::Value;
+
+pub const ORG: &str = "default";
+pub const ADMIN: &str = "admin";
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `details[0].id` of a JSON error body, after checking its shape.
+    pub fn error_id(&self) -> String {
+        let j = self.json();
+        assert!(j["code"].is_i64(), "no code in {j}");
+        assert!(j["message"].is_string(), "no message in {j}");
+        assert_eq!(j["details"][0]["@type"], "type.googleapis.com/jwtprofile.v1.ErrorDetail");
+        j["details"][0]["id"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn code(&self) -> i64 {
+        self.json()["code"].as_i64().unwrap_or(-1)
+    }
+
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    pub base: String,
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr) -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(format!("{}{}", self.base, path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).expect("request");
+        let res = self.client.request(req).await.expect("HTTP request");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        Answer { status, headers, body }
+    }
+
+    /// A request with `Authorization: Bearer <token>` plus `headers`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let auth = format!("Bearer {token}");
+        let mut all = vec![("authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        self.send(method, path, &all, body).await
+    }
+}
+
+/// Serves `router` on 127.0.0.1 (any port) until the test ends.
+pub async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("serve");
+    });
+    addr
+}
+
+async fn whoami(who: Principal) -> axum::Json<Value> {
+    axum::Json(serde_json::json!({
+        "userId": who.user_id, "orgId": who.org_id, "keyId": who.key_id,
+    }))
+}
+
+/// A running app: the key API and `/whoami` behind the layer, an admin.
+pub struct App {
+    pub http: Http,
+    pub audience: String,
+    pub store: CachedStore,
+    pub keys: KeyService,
+    pub clock: ManualClock,
+    pub admin: AssertionSigner,
+}
+
+impl App {
+    /// A token for the admin.
+    pub fn admin_token(&self) -> String {
+        self.admin.sign(&self.audience).expect("sign")
+    }
+
+    /// Creates a server-generated key for `user` in org `org` (as admin)
+    /// through the service and returns a signer for it.
+    pub async fn machine(&self, user: &str, org: Option<&str>) -> AssertionSigner {
+        let admin = Principal::new(ADMIN, ORG, "-");
+        let created = self
+            .keys
+            .create(&admin, org, user, CreateKey::default())
+            .await
+            .expect("create key");
+        AssertionSigner::from_key_file(&created.key_file.expect("key file")).expect("signer")
+    }
+}
+
+pub struct AppOptions {
+    pub keys: Box<dyn FnOnce(KeyService) -> KeyService>,
+    pub api: Box<dyn FnOnce(KeyApi) -> KeyApi>,
+    pub store: Option<std::sync::Arc<dyn KeyStore>>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            keys: Box::new(|k| k),
+            api: Box::new(|a| a),
+            store: None,
+        }
+    }
+}
+
+pub async fn app() -> App {
+    app_with(AppOptions::default()).await
+}
+
+pub async fn app_with(options: AppOptions) -> App {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let audience = format!("http://{addr}");
+    let clock = ManualClock::now_system();
+    let store = match options.store {
+        Some(s) => CachedStore::new(s),
+        None => CachedStore::new(MemoryStore::new()),
+    };
+    let keys = (options.keys)(
+        KeyService::new(store.clone())
+            .with_clock(clock.clone())
+            .with_policy(DefaultPolicy::new().with_admin(ORG, ADMIN)),
+    );
+    let verifier =
+        Verifier::new(store.clone(), Validation::new([audience.clone()])).with_clock(clock.clone());
+    let router = Router::new()
+        .route("/whoami", get(whoami))
+        .merge((options.api)(KeyApi::new(keys.clone())).router())
+        .layer(JwtProfileLayer::new(verifier));
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("serve");
+    });
+    let admin_principal = Principal::new(ADMIN, ORG, "-");
+    let created = keys
+        .create(&admin_principal, None, ADMIN, CreateKey::default())
+        .await
+        .expect("admin key");
+    let admin = AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer");
+    App {
+        http: Http::new(addr),
+        audience,
+        store,
+        keys,
+        clock,
+        admin,
+    }
+}
+
+/// Current Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+}
