@@ -10,7 +10,6 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::*;
 use http::{Method, StatusCode};
 use jwt_profile::key_file::KeyFile;
-use jwt_profile::store::{KeyPage, KeyStore, ListQuery, MemoryStore, NewKey, Removed, StoreError};
 use jwt_profile::{AssertionSigner, KeyService};
 use serde_json::{Value, json};
 
@@ -455,52 +454,14 @@ async fn resource_exhausted_429_when_the_key_limit_is_hit() {
     assert_eq!(third.error_id(), "KEY-limit-reached");
 }
 
-/// A store whose backend is switched off: every call fails as a lost
-/// connection would. (A real unreachable database is tested with the
-/// PostgreSQL backend.)
-struct Outage {
-    inner: MemoryStore,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Outage {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(StoreError::Unavailable("connection refused".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl KeyStore for Outage {
-    async fn insert(&self, key: NewKey) -> Result<jwt_profile::key::MachineKey, StoreError> {
-        self.check()?;
-        self.inner.insert(key).await
-    }
-    async fn get(&self, key_id: &str) -> Result<Option<jwt_profile::key::MachineKey>, StoreError> {
-        self.check()?;
-        self.inner.get(key_id).await
-    }
-    async fn list(&self, user_id: &str, org_id: &str, query: ListQuery) -> Result<KeyPage, StoreError> {
-        self.check()?;
-        self.inner.list(user_id, org_id, query).await
-    }
-    async fn remove(&self, key_id: &str, at: chrono::DateTime<chrono::Utc>) -> Result<Option<Removed>, StoreError> {
-        self.check()?;
-        self.inner.remove(key_id, at).await
-    }
-}
-
 #[tokio::test]
 async fn unavailable_503_when_the_store_is_down() {
-    let outage = std::sync::Arc::new(Outage { inner: MemoryStore::new(), down: false.into() });
+    let outage = Outage::new();
     let app = app_with(AppOptions { store: Some(outage.clone()), ..Default::default() }).await;
     // The admin's key is cached by its first use; the store goes down after.
     let token = app.admin_token();
     assert_eq!(app.http.call(Method::POST, "/users/x/keys/_search", &token, &[], "").await.status, StatusCode::OK);
-    outage.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    outage.set_down(true);
     for (method, path) in [
         (Method::POST, "/users/x/keys"),
         (Method::POST, "/users/x/keys/_search"),
@@ -512,6 +473,6 @@ async fn unavailable_503_when_the_store_is_down() {
         assert_eq!(res.code(), 14);
         assert_eq!(res.error_id(), "STORE-unavailable");
     }
-    outage.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    outage.set_down(false);
     assert_eq!(app.http.call(Method::POST, "/users/x/keys", &token, &[], "{}").await.status, StatusCode::OK);
 }

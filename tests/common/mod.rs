@@ -219,3 +219,50 @@ pub fn unix_now() -> u64 {
         .expect("time")
         .as_secs()
 }
+
+/// A store whose backend is switched off: every call fails as a lost
+/// connection would. (A real unreachable database is tested with the
+/// PostgreSQL backend.)
+pub struct Outage {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Outage {
+    pub fn new() -> std::sync::Arc<Outage> {
+        std::sync::Arc::new(Outage { inner: MemoryStore::new(), down: false.into() })
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), jwt_profile::store::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(jwt_profile::store::StoreError::Unavailable("connection refused".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for Outage {
+    async fn insert(&self, key: jwt_profile::store::NewKey) -> Result<jwt_profile::key::MachineKey, jwt_profile::store::StoreError> {
+        self.check()?;
+        self.inner.insert(key).await
+    }
+    async fn get(&self, key_id: &str) -> Result<Option<jwt_profile::key::MachineKey>, jwt_profile::store::StoreError> {
+        self.check()?;
+        self.inner.get(key_id).await
+    }
+    async fn list(&self, user_id: &str, org_id: &str, query: jwt_profile::store::ListQuery) -> Result<jwt_profile::store::KeyPage, jwt_profile::store::StoreError> {
+        self.check()?;
+        self.inner.list(user_id, org_id, query).await
+    }
+    async fn remove(&self, key_id: &str, at: chrono::DateTime<chrono::Utc>) -> Result<Option<jwt_profile::store::Removed>, jwt_profile::store::StoreError> {
+        self.check()?;
+        self.inner.remove(key_id, at).await
+    }
+}
+
