@@ -56,7 +56,9 @@ async fn main() -> ExitCode {
         Err(e) => return fail(format!("bad URL {url:?}: {e}")),
     };
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return fail(format!("URL {url:?} must be absolute (http://host:port/path)"));
+        return fail(format!(
+            "URL {url:?} must be absolute (http://host:port/path)"
+        ));
     };
     let audience = audience.unwrap_or_else(|| format!("{scheme}://{authority}"));
 

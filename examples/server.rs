@@ -58,6 +58,9 @@ async fn whoami(who: Principal) -> Json<Value> {
 
 fn write_key_file(path: &Path, file: &KeyFile) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -72,15 +75,26 @@ fn write_key_file(path: &Path, file: &KeyFile) -> std::io::Result<()> {
 
 /// Creates the administrator's key when it has no valid one, acting as the
 /// administrator itself (the default policy lets a user manage its own keys).
-async fn bootstrap_admin(keys: &KeyService, admin: &Principal, key_file: &Path) -> Result<(), String> {
-    let list = ListKeys { offset: 0, limit: 1000, asc: false };
+async fn bootstrap_admin(
+    keys: &KeyService,
+    admin: &Principal,
+    key_file: &Path,
+) -> Result<(), String> {
+    let list = ListKeys {
+        offset: 0,
+        limit: 1000,
+        asc: false,
+    };
     let page = keys
         .list(admin, None, &admin.user_id, list)
         .await
         .map_err(|e| format!("cannot list the admin's keys: {e}"))?;
     let now = Utc::now();
     if page.keys.iter().any(|k| k.expiration_date > now) {
-        eprintln!("admin user {:?} has a valid key; not creating one", admin.user_id);
+        eprintln!(
+            "admin user {:?} has a valid key; not creating one",
+            admin.user_id
+        );
         return Ok(());
     }
     let created = keys
@@ -143,13 +157,19 @@ async fn main() -> ExitCode {
         .route("/healthz", get(|| async { "ok" }))
         .merge(protected);
 
-    eprintln!("accepting assertions for audience(s): {}", audiences.join(", "));
+    eprintln!(
+        "accepting assertions for audience(s): {}",
+        audiences.join(", ")
+    );
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    match axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format!("server error: {e}")),
     }

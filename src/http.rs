@@ -37,8 +37,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use http::{HeaderMap, HeaderName, StatusCode};
@@ -230,7 +230,10 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
                 format!("request body is larger than {MAX_BODY_BYTES} bytes"),
             )
         }
-        other => Error::invalid("BODY-unreadable", format!("request body could not be read: {other}")),
+        other => Error::invalid(
+            "BODY-unreadable",
+            format!("request body could not be read: {other}"),
+        ),
     })
 }
 
@@ -243,7 +246,10 @@ fn parse_body<'a, T: Deserialize<'a> + Default>(bytes: &'a [u8]) -> Result<T, Er
 }
 
 fn path_error(e: PathRejection) -> Error {
-    Error::invalid("PARAM-invalid", format!("invalid path parameter: {}", e.body_text()))
+    Error::invalid(
+        "PARAM-invalid",
+        format!("invalid path parameter: {}", e.body_text()),
+    )
 }
 
 fn principal(p: Option<Principal>) -> Result<Principal, Error> {
@@ -265,7 +271,9 @@ fn parse_key_type(v: Option<&Value>) -> Result<KeyType, Error> {
         Some(Value::String(s)) if s == "KEY_TYPE_JSON" || s == "KEY_TYPE_UNSPECIFIED" => {
             Ok(KeyType::Json)
         }
-        Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => Ok(KeyType::Json),
+        Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
+            Ok(KeyType::Json)
+        }
         Some(other) => Err(Error::invalid(
             "KEY-type-invalid",
             format!("type {other} is not supported; use KEY_TYPE_JSON"),
@@ -303,7 +311,12 @@ fn parse_public_key(v: Option<&str>) -> Result<Option<Vec<u8>>, Error> {
     GeneralPurpose::new(alphabet, config)
         .decode(s)
         .map(Some)
-        .map_err(|e| Error::invalid("KEY-public-key-bad-base64", format!("publicKey is not valid base64: {e}")))
+        .map_err(|e| {
+            Error::invalid(
+                "KEY-public-key-bad-base64",
+                format!("publicKey is not valid base64: {e}"),
+            )
+        })
 }
 
 #[derive(Deserialize, Default)]
@@ -344,29 +357,31 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(async {
-        let caller = principal(caller)?;
-        let Path(user_id) = path.map_err(path_error)?;
-        let org = api.org(&headers)?;
-        let bytes = body_bytes(body)?;
-        let body: AddKeyBody = parse_body(&bytes)?;
-        let request = CreateKey {
-            key_type: parse_key_type(body.key_type.as_ref())?,
-            expiration_date: parse_expiration(body.expiration_date.as_deref())?,
-            public_key: parse_public_key(body.public_key.as_deref())?,
-        };
-        let created = api.service.create(&caller, org, &user_id, request).await?;
-        let key_details = created
-            .key_file
-            .as_ref()
-            .map(|file| STANDARD.encode(file.to_json()));
-        Ok(json(&AddKeyResponse {
-            key_id: created.key.id.clone(),
-            key_details,
-            details: (&created.key.details).into(),
-        }))
-    }
-    .await)
+    respond(
+        async {
+            let caller = principal(caller)?;
+            let Path(user_id) = path.map_err(path_error)?;
+            let org = api.org(&headers)?;
+            let bytes = body_bytes(body)?;
+            let body: AddKeyBody = parse_body(&bytes)?;
+            let request = CreateKey {
+                key_type: parse_key_type(body.key_type.as_ref())?,
+                expiration_date: parse_expiration(body.expiration_date.as_deref())?,
+                public_key: parse_public_key(body.public_key.as_deref())?,
+            };
+            let created = api.service.create(&caller, org, &user_id, request).await?;
+            let key_details = created
+                .key_file
+                .as_ref()
+                .map(|file| STANDARD.encode(file.to_json()));
+            Ok(json(&AddKeyResponse {
+                key_id: created.key.id.clone(),
+                key_details,
+                details: (&created.key.details).into(),
+            }))
+        }
+        .await,
+    )
 }
 
 async fn read(
@@ -375,14 +390,16 @@ async fn read(
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    respond(async {
-        let caller = principal(caller)?;
-        let Path((user_id, key_id)) = path.map_err(path_error)?;
-        let org = api.org(&headers)?;
-        let key = api.service.get(&caller, org, &user_id, &key_id).await?;
-        Ok(json(&GetKeyResponse { key: (&key).into() }))
-    }
-    .await)
+    respond(
+        async {
+            let caller = principal(caller)?;
+            let Path((user_id, key_id)) = path.map_err(path_error)?;
+            let org = api.org(&headers)?;
+            let key = api.service.get(&caller, org, &user_id, &key_id).await?;
+            Ok(json(&GetKeyResponse { key: (&key).into() }))
+        }
+        .await,
+    )
 }
 
 async fn list(
@@ -392,28 +409,30 @@ async fn list(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(async {
-        let caller = principal(caller)?;
-        let Path(user_id) = path.map_err(path_error)?;
-        let org = api.org(&headers)?;
-        let bytes = body_bytes(body)?;
-        let body: ListBody = parse_body(&bytes)?;
-        let query = body.query.unwrap_or_default();
-        let request = ListKeys {
-            offset: parse_uint(query.offset.as_ref(), "offset", u64::MAX)?,
-            limit: parse_uint(query.limit.as_ref(), "limit", u64::from(u32::MAX))? as u32,
-            asc: query.asc.unwrap_or(false),
-        };
-        let page = api.service.list(&caller, org, &user_id, request).await?;
-        Ok(json(&ListKeysResponse {
-            details: ListDetailsJson {
-                total_result: page.total.to_string(),
-                view_timestamp: timestamp(page.view_timestamp),
-            },
-            result: page.keys.iter().map(KeyJson::from).collect(),
-        }))
-    }
-    .await)
+    respond(
+        async {
+            let caller = principal(caller)?;
+            let Path(user_id) = path.map_err(path_error)?;
+            let org = api.org(&headers)?;
+            let bytes = body_bytes(body)?;
+            let body: ListBody = parse_body(&bytes)?;
+            let query = body.query.unwrap_or_default();
+            let request = ListKeys {
+                offset: parse_uint(query.offset.as_ref(), "offset", u64::MAX)?,
+                limit: parse_uint(query.limit.as_ref(), "limit", u64::from(u32::MAX))? as u32,
+                asc: query.asc.unwrap_or(false),
+            };
+            let page = api.service.list(&caller, org, &user_id, request).await?;
+            Ok(json(&ListKeysResponse {
+                details: ListDetailsJson {
+                    total_result: page.total.to_string(),
+                    view_timestamp: timestamp(page.view_timestamp),
+                },
+                result: page.keys.iter().map(KeyJson::from).collect(),
+            }))
+        }
+        .await,
+    )
 }
 
 async fn remove(
@@ -422,18 +441,20 @@ async fn remove(
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    respond(async {
-        let caller = principal(caller)?;
-        let Path((user_id, key_id)) = path.map_err(path_error)?;
-        let org = api.org(&headers)?;
-        let details = api.service.remove(&caller, org, &user_id, &key_id).await?;
-        Ok(json(&RemoveKeyResponse {
-            details: ChangeDetailsJson {
-                sequence: details.sequence.to_string(),
-                change_date: timestamp(details.change_date),
-                resource_owner: details.resource_owner,
-            },
-        }))
-    }
-    .await)
+    respond(
+        async {
+            let caller = principal(caller)?;
+            let Path((user_id, key_id)) = path.map_err(path_error)?;
+            let org = api.org(&headers)?;
+            let details = api.service.remove(&caller, org, &user_id, &key_id).await?;
+            Ok(json(&RemoveKeyResponse {
+                details: ChangeDetailsJson {
+                    sequence: details.sequence.to_string(),
+                    change_date: timestamp(details.change_date),
+                    resource_owner: details.resource_owner,
+                },
+            }))
+        }
+        .await,
+    )
 }

@@ -252,9 +252,7 @@ impl PublicKey {
             )),
             other => Err(key_error(
                 "KEY-public-key-bad-pem",
-                format!(
-                    "unsupported PEM label {other:?}; expected PUBLIC KEY or RSA PUBLIC KEY"
-                ),
+                format!("unsupported PEM label {other:?}; expected PUBLIC KEY or RSA PUBLIC KEY"),
             )),
         }
     }
@@ -270,7 +268,10 @@ impl PublicKey {
         let oid = spki.algorithm.oid;
         if oid == OID_RSA {
             let bits = spki.subject_public_key.as_bytes().ok_or_else(|| {
-                key_error("KEY-public-key-bad-der", "RSA public key bit string is not byte-aligned")
+                key_error(
+                    "KEY-public-key-bad-der",
+                    "RSA public key bit string is not byte-aligned",
+                )
             })?;
             return PublicKey::from_pkcs1_der(bits);
         }
@@ -305,8 +306,13 @@ impl PublicKey {
                 ),
             ));
         };
-        let parsed = ParsedPublicKey::new(kind.default_algorithm().verification(), der)
-            .map_err(|_| key_error("KEY-public-key-invalid", "the public key is not a valid point"))?;
+        let parsed =
+            ParsedPublicKey::new(kind.default_algorithm().verification(), der).map_err(|_| {
+                key_error(
+                    "KEY-public-key-invalid",
+                    "the public key is not a valid point",
+                )
+            })?;
         PublicKey::from_parsed(kind, &parsed)
     }
 
@@ -344,11 +350,17 @@ impl PublicKey {
             ));
         }
         let parsed = aws_lc_rs::rsa::PublicKey::from_der(der).map_err(|_| {
-            key_error("KEY-public-key-invalid", "the RSA public key was rejected as invalid")
+            key_error(
+                "KEY-public-key-invalid",
+                "the RSA public key was rejected as invalid",
+            )
         })?;
-        let spki = parsed
-            .as_der()
-            .map_err(|_| key_error("KEY-public-key-invalid", "the RSA public key cannot be encoded"))?;
+        let spki = parsed.as_der().map_err(|_| {
+            key_error(
+                "KEY-public-key-invalid",
+                "the RSA public key cannot be encoded",
+            )
+        })?;
         Ok(PublicKey {
             kind: KeyKind::Rsa { bits },
             spki: Arc::from(spki.as_ref()),
@@ -377,13 +389,9 @@ impl PublicKey {
 
     /// The key as a `PUBLIC KEY` PEM document.
     pub fn to_pem(&self) -> String {
-        rsa::pkcs1::der::pem::encode_string(
-            "PUBLIC KEY",
-            rsa::pkcs1::LineEnding::LF,
-            &self.spki,
-        )
-        // Encoding a few KiB of DER into PEM cannot fail.
-        .unwrap_or_default()
+        rsa::pkcs1::der::pem::encode_string("PUBLIC KEY", rsa::pkcs1::LineEnding::LF, &self.spki)
+            // Encoding a few KiB of DER into PEM cannot fail.
+            .unwrap_or_default()
     }
 
     /// Parses the key for one algorithm, ready to verify signatures.
@@ -443,7 +451,9 @@ pub struct VerifyingKey {
 
 impl fmt::Debug for VerifyingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifyingKey").field("key", &self.key).finish()
+        f.debug_struct("VerifyingKey")
+            .field("key", &self.key)
+            .finish()
     }
 }
 
@@ -512,8 +522,8 @@ pub fn generate_rsa_key_pair() -> Result<GeneratedKeyPair, Error> {
     let pkcs8: Pkcs8V1Der<'static> = pair.as_der().map_err(|_| internal("export"))?;
     // The PKCS#8 document wraps the PKCS#1 RSAPrivateKey that the key file
     // carries; unwrap it rather than re-parsing the key.
-    let info = rsa::pkcs8::PrivateKeyInfo::from_der(pkcs8.as_ref())
-        .map_err(|_| internal("pkcs8"))?;
+    let info =
+        rsa::pkcs8::PrivateKeyInfo::from_der(pkcs8.as_ref()).map_err(|_| internal("pkcs8"))?;
     let private_key_pem = rsa::pkcs1::der::pem::encode_string(
         "RSA PRIVATE KEY",
         rsa::pkcs1::LineEnding::LF,

@@ -190,9 +190,7 @@ impl Rejection {
                 "no bearer token in the request",
             ),
             RejectionKind::InvalidToken(r) => VerifyError::Invalid(*r).to_error(),
-            RejectionKind::StoreUnavailable => {
-                VerifyError::Unavailable(String::new()).to_error()
-            }
+            RejectionKind::StoreUnavailable => VerifyError::Unavailable(String::new()).to_error(),
         };
         Rejection {
             kind,
@@ -225,10 +223,7 @@ impl Rejection {
             let mut res = Response::new(Bytes::new());
             let h = res.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            h.insert(
-                "grpc-status",
-                HeaderValue::from(self.error.code().as_i32()),
-            );
+            h.insert("grpc-status", HeaderValue::from(self.error.code().as_i32()));
             if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(self.error.message())) {
                 h.insert("grpc-message", v);
             }
@@ -248,7 +243,8 @@ impl Rejection {
             res.headers_mut().insert(WWW_AUTHENTICATE, v);
         }
         debug_assert!(
-            res.status() == StatusCode::UNAUTHORIZED || res.status() == StatusCode::SERVICE_UNAVAILABLE
+            res.status() == StatusCode::UNAUTHORIZED
+                || res.status() == StatusCode::SERVICE_UNAVAILABLE
         );
         res
     }
@@ -515,7 +511,9 @@ where
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
             BodyProj::Inner { body } => body.poll_frame(cx),
-            BodyProj::Full { body } => Poll::Ready(body.take().map(|b| Ok(http_body::Frame::data(b)))),
+            BodyProj::Full { body } => {
+                Poll::Ready(body.take().map(|b| Ok(http_body::Frame::data(b))))
+            }
         }
     }
 

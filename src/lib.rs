@@ -70,7 +70,9 @@ pub mod verify;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Code, Error};
 pub use key_file::{AssertionSigner, KeyFile};
-pub use layer::{JwtProfile, JwtProfileLayer, Rejection, RejectionKind, ResponseBody, ResponseFuture};
+pub use layer::{
+    JwtProfile, JwtProfileLayer, Rejection, RejectionKind, ResponseBody, ResponseFuture,
+};
 pub use principal::Principal;
 pub use service::KeyService;
 pub use verify::{Reason, Validation, Verifier, VerifyError};

@@ -23,7 +23,11 @@ pub struct Principal {
 impl Principal {
     /// A principal for code that acts as a user without an assertion, such as
     /// a bootstrap step acting as the administrator. Both dates are `now`.
-    pub fn new(user_id: impl Into<String>, org_id: impl Into<String>, key_id: impl Into<String>) -> Self {
+    pub fn new(
+        user_id: impl Into<String>,
+        org_id: impl Into<String>,
+        key_id: impl Into<String>,
+    ) -> Self {
         let now = Utc::now();
         Principal {
             user_id: user_id.into(),
@@ -76,8 +80,15 @@ mod extract {
     impl<S: Send + Sync> FromRequestParts<S> for Principal {
         type Rejection = MissingPrincipal;
 
-        async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-            parts.extensions.get::<Principal>().cloned().ok_or(MissingPrincipal)
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<Principal>()
+                .cloned()
+                .ok_or(MissingPrincipal)
         }
     }
 

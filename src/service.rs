@@ -73,7 +73,10 @@ pub fn validate_id(kind: IdKind, value: &str) -> Result<(), Error> {
         None
     };
     match problem {
-        Some(p) => Err(Error::invalid(kind.error_id(), format!("{} {p}", kind.name()))),
+        Some(p) => Err(Error::invalid(
+            kind.error_id(),
+            format!("{} {p}", kind.name()),
+        )),
         None => Ok(()),
     }
 }
@@ -307,7 +310,15 @@ impl KeyService {
         if let Some(max) = self.max_keys_per_user {
             let held = self
                 .store
-                .list(user_id, org_id, ListQuery { offset: 0, limit: 0, asc: true })
+                .list(
+                    user_id,
+                    org_id,
+                    ListQuery {
+                        offset: 0,
+                        limit: 0,
+                        asc: true,
+                    },
+                )
                 .await
                 .map_err(store_error)?
                 .total;

@@ -414,9 +414,23 @@ struct Checked<'a> {
     iat: f64,
 }
 
-fn check_claims<'a>(c: &'a RawClaims<'_>, v: &Validation, now: f64) -> Result<Checked<'a>, VerifyError> {
-    let iss = required_str(&c.iss, "iss is missing", "iss is not a string", "iss is empty")?;
-    let sub = required_str(&c.sub, "sub is missing", "sub is not a string", "sub is empty")?;
+fn check_claims<'a>(
+    c: &'a RawClaims<'_>,
+    v: &Validation,
+    now: f64,
+) -> Result<Checked<'a>, VerifyError> {
+    let iss = required_str(
+        &c.iss,
+        "iss is missing",
+        "iss is not a string",
+        "iss is empty",
+    )?;
+    let sub = required_str(
+        &c.sub,
+        "sub is missing",
+        "sub is not a string",
+        "sub is empty",
+    )?;
     if iss != sub {
         return Err(Reason::IssuerSubject.into());
     }
@@ -424,11 +438,17 @@ fn check_claims<'a>(c: &'a RawClaims<'_>, v: &Validation, now: f64) -> Result<Ch
     let iat = required_date(c.iat, "iat is missing", "iat is not a valid NumericDate")?;
     let nbf = match c.nbf {
         None => None,
-        Some(n) => Some(required_date(Some(n), "", "nbf is not a valid NumericDate")?),
+        Some(n) => Some(required_date(
+            Some(n),
+            "",
+            "nbf is not a valid NumericDate",
+        )?),
     };
     let audience_ok = match &c.aud {
         None => return Err(malformed("aud is missing")),
-        Some(AudVal::Other) => return Err(malformed("aud must be a string or an array of strings")),
+        Some(AudVal::Other) => {
+            return Err(malformed("aud must be a string or an array of strings"));
+        }
         Some(AudVal::One(a)) => v.audiences.iter().any(|x| x == a),
         Some(AudVal::Many(list)) => list.iter().any(|a| v.audiences.iter().any(|x| x == a)),
     };
@@ -445,12 +465,16 @@ fn check_claims<'a>(c: &'a RawClaims<'_>, v: &Validation, now: f64) -> Result<Ch
     if now - iat > v.max_age + l {
         return Err(Reason::TooOld.into());
     }
-    if let Some(nbf) = nbf {
-        if nbf > now + l {
-            return Err(Reason::NotYetValid.into());
-        }
+    if let Some(nbf) = nbf
+        && nbf > now + l
+    {
+        return Err(Reason::NotYetValid.into());
     }
-    Ok(Checked { issuer: iss, exp, iat })
+    Ok(Checked {
+        issuer: iss,
+        exp,
+        iat,
+    })
 }
 
 fn required_str<'a>(
@@ -467,7 +491,11 @@ fn required_str<'a>(
     }
 }
 
-fn required_date(v: Option<NumVal>, missing: &'static str, wrong: &'static str) -> Result<f64, VerifyError> {
+fn required_date(
+    v: Option<NumVal>,
+    missing: &'static str,
+    wrong: &'static str,
+) -> Result<f64, VerifyError> {
     match v {
         None => Err(malformed(missing)),
         Some(NumVal::Num(n)) if n.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&n) => Ok(n),
@@ -562,7 +590,7 @@ struct Seen<'a> {
 impl<'a> Seen<'a> {
     /// Records `name`; false when it was seen before.
     fn insert(&mut self, name: Cow<'a, str>) -> bool {
-        if self.few.iter().any(|n| *n == name) || self.many.contains(&name) {
+        if self.few.contains(&name) || self.many.contains(&name) {
             return false;
         }
         if self.few.len() < 16 {
@@ -799,7 +827,9 @@ mod tests {
         let claims = parse_claims(json.as_bytes());
         assert!(matches!(
             claims.err(),
-            Some(VerifyError::Invalid(Reason::Malformed("duplicate member in payload")))
+            Some(VerifyError::Invalid(Reason::Malformed(
+                "duplicate member in payload"
+            )))
         ));
     }
 
@@ -808,7 +838,9 @@ mod tests {
         let err = parse_header(br#"{"kid":"a","k\u0069d":"b"}"#).err();
         assert!(matches!(
             err,
-            Some(VerifyError::Invalid(Reason::Malformed("duplicate member in header")))
+            Some(VerifyError::Invalid(Reason::Malformed(
+                "duplicate member in header"
+            )))
         ));
     }
 

@@ -23,7 +23,13 @@ fn b64(s: &str) -> String {
 
 async fn create(app: &App, user: &str, token: &str, body: Value) -> common::Answer {
     app.http
-        .call(Method::POST, &format!("/users/{user}/keys"), token, &[], body.to_string())
+        .call(
+            Method::POST,
+            &format!("/users/{user}/keys"),
+            token,
+            &[],
+            body.to_string(),
+        )
         .await
 }
 
@@ -39,21 +45,35 @@ async fn generated_key_file_is_zitadel_shaped_and_logs_in() {
     assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
     let body = res.json();
     let key_id = body["keyId"].as_str().expect("keyId");
-    assert!(key_id.chars().all(|c| c.is_ascii_digit()), "decimal id: {key_id}");
-    assert!(body["details"]["sequence"].is_string(), "64-bit ints are strings");
+    assert!(
+        key_id.chars().all(|c| c.is_ascii_digit()),
+        "decimal id: {key_id}"
+    );
+    assert!(
+        body["details"]["sequence"].is_string(),
+        "64-bit ints are strings"
+    );
     assert_eq!(body["details"]["resourceOwner"], ORG);
     let created = body["details"]["creationDate"].as_str().expect("date");
     assert!(created.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(created).is_ok());
 
-    let file_json = STANDARD.decode(body["keyDetails"].as_str().expect("keyDetails")).expect("b64");
+    let file_json = STANDARD
+        .decode(body["keyDetails"].as_str().expect("keyDetails"))
+        .expect("b64");
     let file: Value = serde_json::from_slice(&file_json).expect("json");
     assert_eq!(file["type"], "serviceaccount");
     assert_eq!(file["keyId"], key_id);
     assert_eq!(file["userId"], "ci-bot");
     assert_eq!(file["expirationDate"], "9999-12-31T23:59:59Z");
-    assert!(file["key"].as_str().expect("key").starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
+    assert!(
+        file["key"]
+            .as_str()
+            .expect("key")
+            .starts_with("-----BEGIN RSA PRIVATE KEY-----\n")
+    );
 
-    let signer = AssertionSigner::from_key_file(&KeyFile::from_json(&file_json).expect("file")).expect("signer");
+    let signer = AssertionSigner::from_key_file(&KeyFile::from_json(&file_json).expect("file"))
+        .expect("signer");
     let me = whoami(&app, &signer).await;
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(me.json()["userId"], "ci-bot");
@@ -65,7 +85,9 @@ async fn generated_key_file_is_zitadel_shaped_and_logs_in() {
 async fn assertions_from_an_independent_signer_are_accepted() {
     let app = app().await;
     let res = create(&app, "go-client", &app.admin_token(), json!({})).await;
-    let file_json = STANDARD.decode(res.json()["keyDetails"].as_str().expect("kd")).expect("b64");
+    let file_json = STANDARD
+        .decode(res.json()["keyDetails"].as_str().expect("kd"))
+        .expect("b64");
     let file = KeyFile::from_json(&file_json).expect("file");
     // jsonwebtoken is a different implementation of JWS signing: it proves
     // the key file works with other clients, not only with our signer.
@@ -87,37 +109,68 @@ async fn users_own_public_keys_of_every_kind_log_in() {
 
     let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
     let rsa_pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&rsa).expect("der");
-    let rsa_spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(rsa.public_key()).expect("spki");
+    let rsa_spki =
+        AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(rsa.public_key()).expect("spki");
     let p256 = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("p256");
     let p384 = EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).expect("p384");
     let ed = Ed25519KeyPair::generate().expect("ed");
 
     let cases: Vec<(&str, String, String)> = vec![
-        ("rsa-spki", pem("PUBLIC KEY", rsa_spki.as_ref()), pem("PRIVATE KEY", rsa_pkcs8.as_ref())),
-        ("rsa-pkcs1", pem("RSA PUBLIC KEY", rsa.public_key().as_ref()), pem("PRIVATE KEY", rsa_pkcs8.as_ref())),
+        (
+            "rsa-spki",
+            pem("PUBLIC KEY", rsa_spki.as_ref()),
+            pem("PRIVATE KEY", rsa_pkcs8.as_ref()),
+        ),
+        (
+            "rsa-pkcs1",
+            pem("RSA PUBLIC KEY", rsa.public_key().as_ref()),
+            pem("PRIVATE KEY", rsa_pkcs8.as_ref()),
+        ),
         (
             "p256",
-            pem("PUBLIC KEY", p256.public_key().as_der().expect("spki").as_ref()),
+            pem(
+                "PUBLIC KEY",
+                p256.public_key().as_der().expect("spki").as_ref(),
+            ),
             pem("PRIVATE KEY", p256.to_pkcs8v1().expect("pkcs8").as_ref()),
         ),
         (
             "p384",
-            pem("PUBLIC KEY", p384.public_key().as_der().expect("spki").as_ref()),
+            pem(
+                "PUBLIC KEY",
+                p384.public_key().as_der().expect("spki").as_ref(),
+            ),
             pem("PRIVATE KEY", p384.to_pkcs8v1().expect("pkcs8").as_ref()),
         ),
         (
             "ed25519",
-            pem("PUBLIC KEY", ed.public_key().as_der().expect("spki").as_ref()),
+            pem(
+                "PUBLIC KEY",
+                ed.public_key().as_der().expect("spki").as_ref(),
+            ),
             pem("PRIVATE KEY", ed.to_pkcs8().expect("pkcs8").as_ref()),
         ),
     ];
     for (i, (name, public, private)) in cases.into_iter().enumerate() {
         // Alternate the two base64 alphabets proto3 JSON allows.
-        let encoded = if i % 2 == 0 { STANDARD.encode(&public) } else { URL_SAFE_NO_PAD.encode(&public) };
+        let encoded = if i % 2 == 0 {
+            STANDARD.encode(&public)
+        } else {
+            URL_SAFE_NO_PAD.encode(&public)
+        };
         let user = format!("own-{name}");
-        let res = create(&app, &user, &token, json!({"publicKey": encoded, "type": "KEY_TYPE_JSON"})).await;
+        let res = create(
+            &app,
+            &user,
+            &token,
+            json!({"publicKey": encoded, "type": "KEY_TYPE_JSON"}),
+        )
+        .await;
         assert_eq!(res.status, StatusCode::OK, "{name}: {:?}", res.body);
-        assert!(res.json().get("keyDetails").is_none(), "{name}: no key file for a supplied key");
+        assert!(
+            res.json().get("keyDetails").is_none(),
+            "{name}: no key file for a supplied key"
+        );
         let key_id = res.json()["keyId"].as_str().expect("id").to_string();
         let signer = AssertionSigner::from_pem(&user, &key_id, private.as_bytes()).expect("signer");
         let me = whoami(&app, &signer).await;
@@ -129,16 +182,34 @@ async fn users_own_public_keys_of_every_kind_log_in() {
 #[tokio::test]
 async fn get_returns_the_key_without_private_material() {
     let app = app().await;
-    let res = create(&app, "bot", &app.admin_token(), json!({"expirationDate": "2030-01-01T00:00:00Z"})).await;
+    let res = create(
+        &app,
+        "bot",
+        &app.admin_token(),
+        json!({"expirationDate": "2030-01-01T00:00:00Z"}),
+    )
+    .await;
     let key_id = res.json()["keyId"].as_str().expect("id").to_string();
-    let got = app.http.call(Method::GET, &format!("/users/bot/keys/{key_id}"), &app.admin_token(), &[], "").await;
+    let got = app
+        .http
+        .call(
+            Method::GET,
+            &format!("/users/bot/keys/{key_id}"),
+            &app.admin_token(),
+            &[],
+            "",
+        )
+        .await;
     assert_eq!(got.status, StatusCode::OK);
     let key = &got.json()["key"];
     assert_eq!(key["id"], key_id);
     assert_eq!(key["type"], "KEY_TYPE_JSON");
     assert_eq!(key["expirationDate"], "2030-01-01T00:00:00Z");
     assert_eq!(key["details"]["resourceOwner"], ORG);
-    assert_eq!(key["details"]["sequence"], res.json()["details"]["sequence"]);
+    assert_eq!(
+        key["details"]["sequence"],
+        res.json()["details"]["sequence"]
+    );
     assert!(!String::from_utf8_lossy(&got.body).contains("PRIVATE"));
 }
 
@@ -155,17 +226,33 @@ async fn list_pages_and_orders_by_creation() {
         let app = &app;
         let token = token.clone();
         async move {
-            app.http.call(Method::POST, "/users/lister/keys/_search", &token, &[], body.to_string()).await
+            app.http
+                .call(
+                    Method::POST,
+                    "/users/lister/keys/_search",
+                    &token,
+                    &[],
+                    body.to_string(),
+                )
+                .await
         }
     };
     let listed = |a: &common::Answer| -> Vec<String> {
-        a.json()["result"].as_array().expect("result").iter().map(|k| k["id"].as_str().expect("id").to_string()).collect()
+        a.json()["result"]
+            .as_array()
+            .expect("result")
+            .iter()
+            .map(|k| k["id"].as_str().expect("id").to_string())
+            .collect()
     };
     let newest_first = search(json!({})).await;
     assert_eq!(newest_first.status, StatusCode::OK);
     assert_eq!(newest_first.json()["details"]["totalResult"], "3");
     assert!(newest_first.json()["details"]["viewTimestamp"].is_string());
-    assert_eq!(listed(&newest_first), vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]);
+    assert_eq!(
+        listed(&newest_first),
+        vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]
+    );
     let asc = search(json!({"query": {"asc": true}})).await;
     assert_eq!(listed(&asc), ids);
     let page = search(json!({"query": {"offset": "1", "limit": 1, "asc": true}})).await;
@@ -181,7 +268,10 @@ async fn list_pages_and_orders_by_creation() {
     let negative = search(json!({"query": {"offset": -1}})).await;
     assert_eq!(negative.status, StatusCode::BAD_REQUEST);
     // An empty body is an empty query.
-    let empty = app.http.call(Method::POST, "/users/lister/keys/_search", &token, &[], "").await;
+    let empty = app
+        .http
+        .call(Method::POST, "/users/lister/keys/_search", &token, &[], "")
+        .await;
     assert_eq!(listed(&empty).len(), 3);
 }
 
@@ -189,9 +279,16 @@ async fn list_pages_and_orders_by_creation() {
 async fn removed_key_stops_logging_in_at_once() {
     let app = app().await;
     let res = create(&app, "leaver", &app.admin_token(), json!({})).await;
-    let file_json = STANDARD.decode(res.json()["keyDetails"].as_str().expect("kd")).expect("b64");
-    let signer = AssertionSigner::from_key_file(&KeyFile::from_json(&file_json).expect("f")).expect("s");
-    assert_eq!(whoami(&app, &signer).await.status, StatusCode::OK, "cached and accepted");
+    let file_json = STANDARD
+        .decode(res.json()["keyDetails"].as_str().expect("kd"))
+        .expect("b64");
+    let signer =
+        AssertionSigner::from_key_file(&KeyFile::from_json(&file_json).expect("f")).expect("s");
+    assert_eq!(
+        whoami(&app, &signer).await.status,
+        StatusCode::OK,
+        "cached and accepted"
+    );
     let key_id = res.json()["keyId"].as_str().expect("id").to_string();
     let path = format!("/users/leaver/keys/{key_id}");
     // The machine may remove its own key.
@@ -199,16 +296,32 @@ async fn removed_key_stops_logging_in_at_once() {
     let removed = app.http.call(Method::DELETE, &path, &own, &[], "").await;
     assert_eq!(removed.status, StatusCode::OK, "{:?}", removed.body);
     let details = &removed.json()["details"];
-    assert!(details["sequence"].as_str().expect("seq").parse::<u64>().expect("num")
-        > res.json()["details"]["sequence"].as_str().expect("seq").parse::<u64>().expect("num"));
+    assert!(
+        details["sequence"]
+            .as_str()
+            .expect("seq")
+            .parse::<u64>()
+            .expect("num")
+            > res.json()["details"]["sequence"]
+                .as_str()
+                .expect("seq")
+                .parse::<u64>()
+                .expect("num")
+    );
     assert_eq!(details["resourceOwner"], ORG);
     assert!(details["changeDate"].is_string());
     let after = whoami(&app, &signer).await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
     assert_eq!(after.error_id(), "TOKEN-unknown-key");
-    let again = app.http.call(Method::DELETE, &path, &app.admin_token(), &[], "").await;
+    let again = app
+        .http
+        .call(Method::DELETE, &path, &app.admin_token(), &[], "")
+        .await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
-    let got = app.http.call(Method::GET, &path, &app.admin_token(), &[], "").await;
+    let got = app
+        .http
+        .call(Method::GET, &path, &app.admin_token(), &[], "")
+        .await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
 }
 
@@ -217,14 +330,20 @@ async fn organization_header_scopes_every_operation() {
     let app = app().await;
     let token = app.admin_token();
     let org = [("x-zitadel-orgid", "acme")];
-    let res = app.http.call(Method::POST, "/users/bot/keys", &token, &org, "{}").await;
+    let res = app
+        .http
+        .call(Method::POST, "/users/bot/keys", &token, &org, "{}")
+        .await;
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(res.json()["details"]["resourceOwner"], "acme");
     let key_id = res.json()["keyId"].as_str().expect("id").to_string();
     let path = format!("/users/bot/keys/{key_id}");
     // The machine's principal carries the key's organization.
-    let file_json = STANDARD.decode(res.json()["keyDetails"].as_str().expect("kd")).expect("b64");
-    let signer = AssertionSigner::from_key_file(&KeyFile::from_json(&file_json).expect("f")).expect("s");
+    let file_json = STANDARD
+        .decode(res.json()["keyDetails"].as_str().expect("kd"))
+        .expect("b64");
+    let signer =
+        AssertionSigner::from_key_file(&KeyFile::from_json(&file_json).expect("f")).expect("s");
     assert_eq!(whoami(&app, &signer).await.json()["orgId"], "acme");
     // Without the header the admin's own organization is the target: 404.
     let other_org = app.http.call(Method::GET, &path, &token, &[], "").await;
@@ -232,13 +351,22 @@ async fn organization_header_scopes_every_operation() {
     assert_eq!(other_org.error_id(), "KEY-not-found");
     let in_org = app.http.call(Method::GET, &path, &token, &org, "").await;
     assert_eq!(in_org.status, StatusCode::OK);
-    let listed = app.http.call(Method::POST, "/users/bot/keys/_search", &token, &[], "{}").await;
+    let listed = app
+        .http
+        .call(Method::POST, "/users/bot/keys/_search", &token, &[], "{}")
+        .await;
     assert_eq!(listed.json()["details"]["totalResult"], "0");
     let removed_elsewhere = app.http.call(Method::DELETE, &path, &token, &[], "").await;
     assert_eq!(removed_elsewhere.status, StatusCode::NOT_FOUND);
     // The machine manages its own keys in its own organization, no header needed.
     let own = signer.sign(&app.audience).expect("sign");
-    assert_eq!(app.http.call(Method::GET, &path, &own, &[], "").await.status, StatusCode::OK);
+    assert_eq!(
+        app.http
+            .call(Method::GET, &path, &own, &[], "")
+            .await
+            .status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -248,11 +376,26 @@ async fn org_header_name_is_configurable() {
         ..Default::default()
     })
     .await;
-    let res = app.http.call(Method::POST, "/users/bot/keys", &app.admin_token(), &[("x-org", "beta")], "{}").await;
+    let res = app
+        .http
+        .call(
+            Method::POST,
+            "/users/bot/keys",
+            &app.admin_token(),
+            &[("x-org", "beta")],
+            "{}",
+        )
+        .await;
     assert_eq!(res.json()["details"]["resourceOwner"], "beta");
     let ignored = app
         .http
-        .call(Method::POST, "/users/bot2/keys", &app.admin_token(), &[("x-zitadel-orgid", "beta")], "{}")
+        .call(
+            Method::POST,
+            "/users/bot2/keys",
+            &app.admin_token(),
+            &[("x-zitadel-orgid", "beta")],
+            "{}",
+        )
         .await;
     assert_eq!(ignored.json()["details"]["resourceOwner"], ORG);
 }
@@ -271,7 +414,10 @@ async fn unknown_fields_nulls_and_numeric_types_are_accepted() {
         assert_eq!(res.status, StatusCode::OK, "{body}: {:?}", res.body);
         assert!(res.json()["keyDetails"].is_string(), "{body}: generated");
     }
-    let empty = app.http.call(Method::POST, "/users/flex/keys", &token, &[], "").await;
+    let empty = app
+        .http
+        .call(Method::POST, "/users/flex/keys", &token, &[], "")
+        .await;
     assert_eq!(empty.status, StatusCode::OK);
 }
 
@@ -285,52 +431,128 @@ async fn invalid_argument_400_for_every_kind_of_bad_input() {
     let cert = include_str!("data/cert.pem");
     let private = pem("RSA PRIVATE KEY", &[0x30, 0x03, 0x02, 0x01, 0x00]);
     let p521 = include_str!("data/p521.pub.pem");
-    let huge = format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", "A".repeat(17 * 1024));
+    let huge = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        "A".repeat(17 * 1024)
+    );
     let cases: Vec<(Value, &str)> = vec![
         (json!({"type": "KEY_TYPE_PEM"}), "KEY-type-invalid"),
         (json!({"type": 2}), "KEY-type-invalid"),
         (json!({"type": true}), "KEY-type-invalid"),
-        (json!({"expirationDate": "2001-01-01T00:00:00Z"}), "KEY-expiration-past"),
-        (json!({"expirationDate": "tomorrow"}), "KEY-expiration-invalid"),
+        (
+            json!({"expirationDate": "2001-01-01T00:00:00Z"}),
+            "KEY-expiration-past",
+        ),
+        (
+            json!({"expirationDate": "tomorrow"}),
+            "KEY-expiration-invalid",
+        ),
         (json!({"expirationDate": 5}), "BODY-malformed"),
-        (json!({"publicKey": "!!!not base64!!!"}), "KEY-public-key-bad-base64"),
+        (
+            json!({"publicKey": "!!!not base64!!!"}),
+            "KEY-public-key-bad-base64",
+        ),
         (json!({"publicKey": b64("hello")}), "KEY-public-key-bad-pem"),
-        (json!({"publicKey": b64(rsa_1024)}), "KEY-public-key-rsa-too-small"),
-        (json!({"publicKey": b64(cert)}), "KEY-public-key-certificate"),
-        (json!({"publicKey": b64(&private)}), "KEY-public-key-private"),
-        (json!({"publicKey": b64(p521)}), "KEY-public-key-unsupported"),
+        (
+            json!({"publicKey": b64(rsa_1024)}),
+            "KEY-public-key-rsa-too-small",
+        ),
+        (
+            json!({"publicKey": b64(cert)}),
+            "KEY-public-key-certificate",
+        ),
+        (
+            json!({"publicKey": b64(&private)}),
+            "KEY-public-key-private",
+        ),
+        (
+            json!({"publicKey": b64(p521)}),
+            "KEY-public-key-unsupported",
+        ),
         (json!({"publicKey": b64(&huge)}), "KEY-public-key-too-large"),
         (json!([1, 2]), "BODY-malformed"),
     ];
     for (body, id) in cases {
         let res = create(&app, "bad", &token, body.clone()).await;
-        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{body}: {:?}", res.body);
+        assert_eq!(
+            res.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {:?}",
+            res.body
+        );
         assert_eq!(res.code(), 3, "{body}");
         assert_eq!(res.error_id(), id, "{body}: {}", res.json());
-        assert!(!res.json()["message"].as_str().unwrap_or_default().is_empty());
+        assert!(
+            !res.json()["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
     }
     let raw_cases: Vec<(&str, String, &str)> = vec![
         ("/users/bad/keys", "{not json".to_string(), "BODY-malformed"),
-        ("/users/bad/keys", "{\"type\":1,\"type\":1}".to_string(), "BODY-malformed"),
-        ("/users/bad/keys", format!("{{\"x\":\"{}\"}}", "a".repeat(70 * 1024)), "BODY-too-large"),
-        ("/users/%01bad/keys", "{}".to_string(), "PARAM-user-id-invalid"),
-        ("/users/a%2Fb/keys", "{}".to_string(), "PARAM-user-id-invalid"),
+        (
+            "/users/bad/keys",
+            "{\"type\":1,\"type\":1}".to_string(),
+            "BODY-malformed",
+        ),
+        (
+            "/users/bad/keys",
+            format!("{{\"x\":\"{}\"}}", "a".repeat(70 * 1024)),
+            "BODY-too-large",
+        ),
+        (
+            "/users/%01bad/keys",
+            "{}".to_string(),
+            "PARAM-user-id-invalid",
+        ),
+        (
+            "/users/a%2Fb/keys",
+            "{}".to_string(),
+            "PARAM-user-id-invalid",
+        ),
         ("/users/%FF/keys", "{}".to_string(), "PARAM-invalid"),
     ];
     for (path, body, id) in raw_cases {
-        let res = app.http.call(Method::POST, path, &token, &[], body.clone()).await;
-        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{path}: {:?}", res.body);
+        let res = app
+            .http
+            .call(Method::POST, path, &token, &[], body.clone())
+            .await;
+        assert_eq!(
+            res.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {:?}",
+            res.body
+        );
         assert_eq!(res.error_id(), id, "{path} {}", &body[..body.len().min(40)]);
     }
     let long_user = format!("/users/{}/keys", "u".repeat(201));
-    let res = app.http.call(Method::POST, &long_user, &token, &[], "{}").await;
+    let res = app
+        .http
+        .call(Method::POST, &long_user, &token, &[], "{}")
+        .await;
     assert_eq!(res.error_id(), "PARAM-user-id-invalid");
     let ok_user = format!("/users/{}/keys", "u".repeat(200));
-    assert_eq!(app.http.call(Method::POST, &ok_user, &token, &[], "{}").await.status, StatusCode::OK);
+    assert_eq!(
+        app.http
+            .call(Method::POST, &ok_user, &token, &[], "{}")
+            .await
+            .status,
+        StatusCode::OK
+    );
     let long_key = format!("/users/bot/keys/{}", "1".repeat(201));
     let res = app.http.call(Method::GET, &long_key, &token, &[], "").await;
     assert_eq!(res.error_id(), "PARAM-key-id-invalid");
-    let empty_org = app.http.call(Method::POST, "/users/bot/keys", &token, &[("x-zitadel-orgid", "")], "{}").await;
+    let empty_org = app
+        .http
+        .call(
+            Method::POST,
+            "/users/bot/keys",
+            &token,
+            &[("x-zitadel-orgid", "")],
+            "{}",
+        )
+        .await;
     assert_eq!(empty_org.status, StatusCode::BAD_REQUEST);
     assert_eq!(empty_org.error_id(), "PARAM-org-id-invalid");
 }
@@ -339,9 +561,27 @@ async fn invalid_argument_400_for_every_kind_of_bad_input() {
 async fn failed_precondition_when_user_is_bound_to_another_org() {
     let app = app().await;
     let token = app.admin_token();
-    let first = app.http.call(Method::POST, "/users/nomad/keys", &token, &[("x-zitadel-orgid", "a")], "{}").await;
+    let first = app
+        .http
+        .call(
+            Method::POST,
+            "/users/nomad/keys",
+            &token,
+            &[("x-zitadel-orgid", "a")],
+            "{}",
+        )
+        .await;
     assert_eq!(first.status, StatusCode::OK);
-    let second = app.http.call(Method::POST, "/users/nomad/keys", &token, &[("x-zitadel-orgid", "b")], "{}").await;
+    let second = app
+        .http
+        .call(
+            Method::POST,
+            "/users/nomad/keys",
+            &token,
+            &[("x-zitadel-orgid", "b")],
+            "{}",
+        )
+        .await;
     assert_eq!(second.status, StatusCode::BAD_REQUEST);
     assert_eq!(second.code(), 9);
     assert_eq!(second.error_id(), "KEY-user-other-org");
@@ -350,10 +590,25 @@ async fn failed_precondition_when_user_is_bound_to_another_org() {
     let key_id = first.json()["keyId"].as_str().expect("id").to_string();
     let del = app
         .http
-        .call(Method::DELETE, &format!("/users/nomad/keys/{key_id}"), &token, &[("x-zitadel-orgid", "a")], "")
+        .call(
+            Method::DELETE,
+            &format!("/users/nomad/keys/{key_id}"),
+            &token,
+            &[("x-zitadel-orgid", "a")],
+            "",
+        )
         .await;
     assert_eq!(del.status, StatusCode::OK);
-    let third = app.http.call(Method::POST, "/users/nomad/keys", &token, &[("x-zitadel-orgid", "b")], "{}").await;
+    let third = app
+        .http
+        .call(
+            Method::POST,
+            "/users/nomad/keys",
+            &token,
+            &[("x-zitadel-orgid", "b")],
+            "{}",
+        )
+        .await;
     assert_eq!(third.status, StatusCode::OK);
 }
 
@@ -369,7 +624,10 @@ async fn unauthenticated_401_without_an_assertion() {
         let res = app.http.send(method.clone(), path, &[], "{}").await;
         assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{method} {path}");
         assert_eq!(res.code(), 16);
-        assert_eq!(res.header("www-authenticate"), "Bearer realm=\"jwt-profile\"");
+        assert_eq!(
+            res.header("www-authenticate"),
+            "Bearer realm=\"jwt-profile\""
+        );
     }
 }
 
@@ -384,23 +642,58 @@ async fn permission_denied_403_before_any_stored_state_is_read() {
         (Method::POST, "/users/other/keys".to_string(), vec![]),
         (Method::GET, other_key.clone(), vec![]),
         (Method::GET, "/users/other/keys/999".to_string(), vec![]),
-        (Method::POST, "/users/other/keys/_search".to_string(), vec![]),
+        (
+            Method::POST,
+            "/users/other/keys/_search".to_string(),
+            vec![],
+        ),
         (Method::DELETE, other_key.clone(), vec![]),
         // Its own keys, but naming another organization.
-        (Method::POST, "/users/bot/keys".to_string(), vec![("x-zitadel-orgid", "elsewhere")]),
-        (Method::GET, format!("/users/bot/keys/{}", bot.key_id()), vec![("x-zitadel-orgid", "elsewhere")]),
+        (
+            Method::POST,
+            "/users/bot/keys".to_string(),
+            vec![("x-zitadel-orgid", "elsewhere")],
+        ),
+        (
+            Method::GET,
+            format!("/users/bot/keys/{}", bot.key_id()),
+            vec![("x-zitadel-orgid", "elsewhere")],
+        ),
     ] {
-        let res = app.http.call(method.clone(), &path, &token, &headers, "{}").await;
-        assert_eq!(res.status, StatusCode::FORBIDDEN, "{method} {path}: {:?}", res.body);
+        let res = app
+            .http
+            .call(method.clone(), &path, &token, &headers, "{}")
+            .await;
+        assert_eq!(
+            res.status,
+            StatusCode::FORBIDDEN,
+            "{method} {path}: {:?}",
+            res.body
+        );
         assert_eq!(res.code(), 7);
         assert_eq!(res.error_id(), "AUTH-permission-denied");
     }
     // A refused caller cannot tell a real key from a made-up one.
-    let real = app.http.call(Method::GET, &other_key, &token, &[], "").await;
-    let fake = app.http.call(Method::GET, "/users/other/keys/999", &token, &[], "").await;
+    let real = app
+        .http
+        .call(Method::GET, &other_key, &token, &[], "")
+        .await;
+    let fake = app
+        .http
+        .call(Method::GET, "/users/other/keys/999", &token, &[], "")
+        .await;
     assert_eq!(real.body, fake.body);
     // Its own keys in its own organization are allowed (explicit header too).
-    let own = app.http.call(Method::POST, "/users/bot/keys", &token, &[("x-zitadel-orgid", ORG)], "{}").await;
+    let own = app
+        .http
+        .call(
+            Method::POST,
+            "/users/bot/keys",
+            &token,
+            &[("x-zitadel-orgid", ORG)],
+            "{}",
+        )
+        .await;
     assert_eq!(own.status, StatusCode::OK);
 }
 
@@ -446,8 +739,14 @@ async fn resource_exhausted_429_when_the_key_limit_is_hit() {
     })
     .await;
     let token = app.admin_token();
-    assert_eq!(create(&app, "bot", &token, json!({})).await.status, StatusCode::OK);
-    assert_eq!(create(&app, "bot", &token, json!({})).await.status, StatusCode::OK);
+    assert_eq!(
+        create(&app, "bot", &token, json!({})).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        create(&app, "bot", &token, json!({})).await.status,
+        StatusCode::OK
+    );
     let third = create(&app, "bot", &token, json!({})).await;
     assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(third.code(), 8);
@@ -457,10 +756,20 @@ async fn resource_exhausted_429_when_the_key_limit_is_hit() {
 #[tokio::test]
 async fn unavailable_503_when_the_store_is_down() {
     let outage = Outage::new();
-    let app = app_with(AppOptions { store: Some(outage.clone()), ..Default::default() }).await;
+    let app = app_with(AppOptions {
+        store: Some(outage.clone()),
+        ..Default::default()
+    })
+    .await;
     // The admin's key is cached by its first use; the store goes down after.
     let token = app.admin_token();
-    assert_eq!(app.http.call(Method::POST, "/users/x/keys/_search", &token, &[], "").await.status, StatusCode::OK);
+    assert_eq!(
+        app.http
+            .call(Method::POST, "/users/x/keys/_search", &token, &[], "")
+            .await
+            .status,
+        StatusCode::OK
+    );
     outage.set_down(true);
     for (method, path) in [
         (Method::POST, "/users/x/keys"),
@@ -469,10 +778,20 @@ async fn unavailable_503_when_the_store_is_down() {
         (Method::DELETE, "/users/x/keys/1"),
     ] {
         let res = app.http.call(method.clone(), path, &token, &[], "{}").await;
-        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{method} {path}");
+        assert_eq!(
+            res.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {path}"
+        );
         assert_eq!(res.code(), 14);
         assert_eq!(res.error_id(), "STORE-unavailable");
     }
     outage.set_down(false);
-    assert_eq!(app.http.call(Method::POST, "/users/x/keys", &token, &[], "{}").await.status, StatusCode::OK);
+    assert_eq!(
+        app.http
+            .call(Method::POST, "/users/x/keys", &token, &[], "{}")
+            .await
+            .status,
+        StatusCode::OK
+    );
 }

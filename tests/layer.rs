@@ -18,7 +18,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use jwt_profile::store::{CachedStore, MemoryStore};
-use jwt_profile::{AssertionSigner, JwtProfileLayer, KeyService, Principal, Rejection, RejectionKind, Validation, Verifier};
+use jwt_profile::{
+    AssertionSigner, JwtProfileLayer, KeyService, Principal, Rejection, RejectionKind, Validation,
+    Verifier,
+};
 use serde_json::json;
 use tower::ServiceBuilder;
 
@@ -37,14 +40,22 @@ async fn setup_with(store: CachedStore) -> Setup {
         let keys = keys.clone();
         async move {
             let me = Principal::new(user, ORG, "-");
-            let created = keys.create(&me, None, user, Default::default()).await.expect("create");
+            let created = keys
+                .create(&me, None, user, Default::default())
+                .await
+                .expect("create");
             AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer")
         }
     };
     let bot = mk("bot").await;
     let other = mk("other").await;
     let verifier = Verifier::new(store.clone(), Validation::new([AUD]));
-    Setup { store, verifier, bot, other }
+    Setup {
+        store,
+        verifier,
+        bot,
+        other,
+    }
 }
 
 async fn setup() -> Setup {
@@ -52,7 +63,9 @@ async fn setup() -> Setup {
 }
 
 async fn who(principal: Option<Principal>) -> String {
-    principal.map(|p| p.user_id).unwrap_or_else(|| "anonymous".to_string())
+    principal
+        .map(|p| p.user_id)
+        .unwrap_or_else(|| "anonymous".to_string())
 }
 
 /// Serves `layer` in front of a `/` route answering the principal's user id.
@@ -71,14 +84,22 @@ async fn plain_hyper_server_behind_the_layer() {
     let svc = ServiceBuilder::new()
         .layer(JwtProfileLayer::new(s.verifier.clone()))
         .service_fn(|req: Request<Incoming>| async move {
-            let who = req.extensions().get::<Principal>().map(|p| p.user_id.clone()).unwrap_or_default();
+            let who = req
+                .extensions()
+                .get::<Principal>()
+                .map(|p| p.user_id.clone())
+                .unwrap_or_default();
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(who))))
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let svc = TowerToHyperService::new(svc.clone());
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -88,7 +109,9 @@ async fn plain_hyper_server_behind_the_layer() {
         }
     });
     let http = Http::new(addr);
-    let ok = http.call(Method::GET, "/", &s.bot.sign(AUD).expect("sign"), &[], "").await;
+    let ok = http
+        .call(Method::GET, "/", &s.bot.sign(AUD).expect("sign"), &[], "")
+        .await;
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.body, "bot");
     let refused = http.call(Method::GET, "/", "a.b.c", &[], "").await;
@@ -102,13 +125,34 @@ async fn refusals_follow_rfc6750() {
     let http = serve_layer(JwtProfileLayer::new(s.verifier.clone()).realm("api \"x\"")).await;
     let missing = http.send(Method::GET, "/", &[], "").await;
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(missing.header("www-authenticate"), "Bearer realm=\"api x\"", "no error attribute without credentials");
+    assert_eq!(
+        missing.header("www-authenticate"),
+        "Bearer realm=\"api x\"",
+        "no error attribute without credentials"
+    );
     assert_eq!(missing.error_id(), "AUTH-missing");
-    let basic = http.send(Method::GET, "/", &[("authorization", "Basic dXNlcjpwYXNz")], "").await;
+    let basic = http
+        .send(
+            Method::GET,
+            "/",
+            &[("authorization", "Basic dXNlcjpwYXNz")],
+            "",
+        )
+        .await;
     assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
     assert_eq!(basic.header("www-authenticate"), "Bearer realm=\"api x\"");
-    let expired = s.bot.sign_at(AUD, unix_now() - 7200, unix_now() - 3600).expect("sign");
-    let bad = http.send(Method::GET, "/", &[("authorization", &bearer(&expired))], "").await;
+    let expired = s
+        .bot
+        .sign_at(AUD, unix_now() - 7200, unix_now() - 3600)
+        .expect("sign");
+    let bad = http
+        .send(
+            Method::GET,
+            "/",
+            &[("authorization", &bearer(&expired))],
+            "",
+        )
+        .await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         bad.header("www-authenticate"),
@@ -127,7 +171,9 @@ async fn bearer_scheme_is_case_insensitive() {
     let token = s.bot.sign(AUD).expect("sign");
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
         let value = format!("{scheme} {token}");
-        let res = http.send(Method::GET, "/", &[("authorization", &value)], "").await;
+        let res = http
+            .send(Method::GET, "/", &[("authorization", &value)], "")
+            .await;
         assert_eq!(res.status, StatusCode::OK, "{scheme}");
         assert_eq!(res.body, "bot");
     }
@@ -143,7 +189,9 @@ async fn extractor_refuses_routes_not_behind_the_layer() {
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     assert_eq!(res.error_id(), "AUTH-missing");
     // A client cannot smuggle a principal in: only the layer makes one.
-    let res = http.send(Method::GET, "/", &[("authorization", "Bearer x")], "").await;
+    let res = http
+        .send(Method::GET, "/", &[("authorization", "Bearer x")], "")
+        .await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -152,13 +200,33 @@ async fn optional_mode_lets_anonymous_requests_through() {
     let s = setup().await;
     let http = serve_layer(JwtProfileLayer::new(s.verifier.clone()).optional()).await;
     let anon = http.send(Method::GET, "/", &[], "").await;
-    assert_eq!((anon.status, anon.body.clone()), (StatusCode::OK, Bytes::from("anonymous")));
-    let basic = http.send(Method::GET, "/", &[("authorization", "Basic dXNlcjpwYXNz")], "").await;
+    assert_eq!(
+        (anon.status, anon.body.clone()),
+        (StatusCode::OK, Bytes::from("anonymous"))
+    );
+    let basic = http
+        .send(
+            Method::GET,
+            "/",
+            &[("authorization", "Basic dXNlcjpwYXNz")],
+            "",
+        )
+        .await;
     assert_eq!(basic.body, "anonymous");
-    let good = http.call(Method::GET, "/", &s.bot.sign(AUD).expect("sign"), &[], "").await;
+    let good = http
+        .call(Method::GET, "/", &s.bot.sign(AUD).expect("sign"), &[], "")
+        .await;
     assert_eq!(good.body, "bot");
     // A token that is present must be valid.
-    let bad = http.call(Method::GET, "/", &s.bot.sign("https://elsewhere").expect("sign"), &[], "").await;
+    let bad = http
+        .call(
+            Method::GET,
+            "/",
+            &s.bot.sign("https://elsewhere").expect("sign"),
+            &[],
+            "",
+        )
+        .await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
     assert_eq!(bad.error_id(), "TOKEN-audience");
 }
@@ -166,14 +234,26 @@ async fn optional_mode_lets_anonymous_requests_through() {
 #[tokio::test]
 async fn token_can_come_from_another_header() {
     let s = setup().await;
-    let layer = JwtProfileLayer::new(s.verifier.clone()).token_header(http::HeaderName::from_static("x-machine-token"));
+    let layer = JwtProfileLayer::new(s.verifier.clone())
+        .token_header(http::HeaderName::from_static("x-machine-token"));
     let http = serve_layer(layer).await;
     let token = s.bot.sign(AUD).expect("sign");
-    let raw = http.send(Method::GET, "/", &[("x-machine-token", &token)], "").await;
+    let raw = http
+        .send(Method::GET, "/", &[("x-machine-token", &token)], "")
+        .await;
     assert_eq!(raw.body, "bot");
-    let prefixed = http.send(Method::GET, "/", &[("x-machine-token", &bearer(&token))], "").await;
+    let prefixed = http
+        .send(
+            Method::GET,
+            "/",
+            &[("x-machine-token", &bearer(&token))],
+            "",
+        )
+        .await;
     assert_eq!(prefixed.body, "bot");
-    let in_authorization = http.send(Method::GET, "/", &[("authorization", &bearer(&token))], "").await;
+    let in_authorization = http
+        .send(Method::GET, "/", &[("authorization", &bearer(&token))], "")
+        .await;
     assert_eq!(in_authorization.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -187,15 +267,24 @@ async fn rejection_hook_shapes_the_response() {
             RejectionKind::StoreUnavailable => "later".to_string(),
         };
         let mut res = Response::new(Bytes::from(text));
-        *res.status_mut() = if r.is_grpc() { StatusCode::OK } else { StatusCode::FORBIDDEN };
+        *res.status_mut() = if r.is_grpc() {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        };
         res
     });
     let http = serve_layer(layer).await;
     let missing = http.send(Method::GET, "/", &[], "").await;
-    assert_eq!((missing.status, missing.body), (StatusCode::FORBIDDEN, Bytes::from("log in first")));
+    assert_eq!(
+        (missing.status, missing.body),
+        (StatusCode::FORBIDDEN, Bytes::from("log in first"))
+    );
     let bad = http.call(Method::GET, "/", "x.y.z", &[], "").await;
     assert_eq!(bad.body, "no: TOKEN-malformed");
-    let good = http.call(Method::GET, "/", &s.bot.sign(AUD).expect("sign"), &[], "").await;
+    let good = http
+        .call(Method::GET, "/", &s.bot.sign(AUD).expect("sign"), &[], "")
+        .await;
     assert_eq!(good.body, "bot");
 }
 
@@ -212,10 +301,25 @@ async fn grpc_requests_get_trailers_only_status() {
     assert!(missing.body.is_empty());
     let bad = http.call(Method::GET, "/", "x.y.z", &[grpc], "").await;
     assert_eq!(bad.header("grpc-status"), "16");
-    assert_eq!(bad.header("grpc-message"), "header is not canonical base64url");
+    assert_eq!(
+        bad.header("grpc-message"),
+        "header is not canonical base64url"
+    );
     outage.set_down(true);
-    let unknown_key = http.call(Method::GET, "/", &s.other.sign(AUD).expect("sign"), &[grpc], "").await;
-    assert_eq!(unknown_key.header("grpc-status"), "14", "store down is never 16");
+    let unknown_key = http
+        .call(
+            Method::GET,
+            "/",
+            &s.other.sign(AUD).expect("sign"),
+            &[grpc],
+            "",
+        )
+        .await;
+    assert_eq!(
+        unknown_key.header("grpc-status"),
+        "14",
+        "store down is never 16"
+    );
 }
 
 #[tokio::test]
@@ -236,7 +340,10 @@ async fn store_down_is_503_then_recovers_by_itself() {
     assert_eq!(up.status, StatusCode::OK);
     // Once cached, the key keeps working through an outage.
     outage.set_down(true);
-    assert_eq!(http.call(Method::GET, "/", &token, &[], "").await.status, StatusCode::OK);
+    assert_eq!(
+        http.call(Method::GET, "/", &token, &[], "").await.status,
+        StatusCode::OK
+    );
     assert!(s.store.entry_count() <= 2);
 }
 
@@ -250,20 +357,48 @@ async fn hostile_tokens_are_refused_with_401() {
     let now = unix_now();
     let claims = json!({"iss": "bot", "sub": "bot", "aud": AUD, "iat": now, "exp": now + 300});
     let enc = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
-    let signed = |h: serde_json::Value, c: &serde_json::Value| s.bot.sign_parts(h.to_string().as_bytes(), c.to_string().as_bytes()).expect("sign");
+    let signed = |h: serde_json::Value, c: &serde_json::Value| {
+        s.bot
+            .sign_parts(h.to_string().as_bytes(), c.to_string().as_bytes())
+            .expect("sign")
+    };
     let good = signed(json!({"alg": "RS256", "kid": kid}), &claims);
     let parts: Vec<String> = good.split('.').map(str::to_string).collect();
-    let spki = s.store.inner().get(&kid).await.expect("get").expect("key").public_key;
+    let spki = s
+        .store
+        .inner()
+        .get(&kid)
+        .await
+        .expect("get")
+        .expect("key")
+        .public_key;
     let hmac = |secret: &[u8]| {
-        let input = format!("{}.{}", enc(&json!({"alg": "HS256", "kid": kid})), enc(&claims));
-        let tag = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret), input.as_bytes());
+        let input = format!(
+            "{}.{}",
+            enc(&json!({"alg": "HS256", "kid": kid})),
+            enc(&claims)
+        );
+        let tag = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret),
+            input.as_bytes(),
+        );
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
     };
-    let attacker = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
+    let attacker =
+        aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
     let attacker_pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&attacker).expect("der");
-    let attacker_pem = rsa::pkcs1::der::pem::encode_string("PRIVATE KEY", rsa::pkcs1::LineEnding::LF, attacker_pkcs8.as_ref()).expect("pem");
+    let attacker_pem = rsa::pkcs1::der::pem::encode_string(
+        "PRIVATE KEY",
+        rsa::pkcs1::LineEnding::LF,
+        attacker_pkcs8.as_ref(),
+    )
+    .expect("pem");
     let forger = AssertionSigner::from_pem("bot", &kid, attacker_pem.as_bytes()).expect("forger");
-    let forged = |h: serde_json::Value| forger.sign_parts(h.to_string().as_bytes(), claims.to_string().as_bytes()).expect("sign");
+    let forged = |h: serde_json::Value| {
+        forger
+            .sign_parts(h.to_string().as_bytes(), claims.to_string().as_bytes())
+            .expect("sign")
+    };
 
     let cases: Vec<(&str, String)> = vec![
         ("alg none", format!("{}.{}.", enc(&json!({"alg": "none", "kid": kid})), enc(&claims))),
@@ -298,15 +433,31 @@ async fn hostile_tokens_are_refused_with_401() {
         ("non-ASCII", "ü.ö.ä".to_string()),
     ];
     for (name, token) in &cases {
-        let res = http.send(Method::GET, "/", &[("authorization", &format!("Bearer {token}"))], "").await;
-        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{name}: {:?}", res.body);
+        let res = http
+            .send(
+                Method::GET,
+                "/",
+                &[("authorization", &format!("Bearer {token}"))],
+                "",
+            )
+            .await;
+        assert_eq!(
+            res.status,
+            StatusCode::UNAUTHORIZED,
+            "{name}: {:?}",
+            res.body
+        );
         let challenge = res.header("www-authenticate");
         assert!(
-            challenge.contains("error=\"invalid_token\"") || (token.is_empty() && challenge.starts_with("Bearer realm")),
+            challenge.contains("error=\"invalid_token\"")
+                || (token.is_empty() && challenge.starts_with("Bearer realm")),
             "{name}: {challenge}"
         );
         assert_eq!(res.code(), 16, "{name}");
     }
     // The original token still works: the table refused for the right reasons.
-    assert_eq!(http.call(Method::GET, "/", &good, &[], "").await.body, "bot");
+    assert_eq!(
+        http.call(Method::GET, "/", &good, &[], "").await.body,
+        "bot"
+    );
 }

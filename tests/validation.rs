@@ -11,7 +11,9 @@ use jwt_profile::key::Algorithm;
 use jwt_profile::policy::DefaultPolicy;
 use jwt_profile::service::CreateKey;
 use jwt_profile::store::{CachedStore, MemoryStore};
-use jwt_profile::{AssertionSigner, KeyService, ManualClock, Principal, Reason, Validation, Verifier, VerifyError};
+use jwt_profile::{
+    AssertionSigner, KeyService, ManualClock, Principal, Reason, Validation, Verifier, VerifyError,
+};
 use serde_json::{Value, json};
 
 const AUD: &str = "https://api.example.com";
@@ -43,7 +45,14 @@ async fn fixture_with(validation: Validation) -> Fx {
     let verifier = Verifier::new(store.clone(), validation).with_clock(clock.clone());
     let rsa = generated(&keys, "bot", None).await;
     let other = generated(&keys, "other", None).await;
-    Fx { verifier, clock, keys, store, rsa, other }
+    Fx {
+        verifier,
+        clock,
+        keys,
+        store,
+        rsa,
+        other,
+    }
 }
 
 async fn generated(keys: &KeyService, user: &str, expiration: Option<i64>) -> AssertionSigner {
@@ -52,19 +61,35 @@ async fn generated(keys: &KeyService, user: &str, expiration: Option<i64>) -> As
         expiration_date: expiration.map(|t| chrono::DateTime::from_timestamp(t, 0).expect("t")),
         ..Default::default()
     };
-    let created = keys.create(&admin, None, user, request).await.expect("create");
+    let created = keys
+        .create(&admin, None, user, request)
+        .await
+        .expect("create");
     AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer")
 }
 
 /// Registers the user's own public key and returns a signer for it.
-async fn own(keys: &KeyService, user: &str, public_spki: &[u8], private_pkcs8: &[u8]) -> AssertionSigner {
+async fn own(
+    keys: &KeyService,
+    user: &str,
+    public_spki: &[u8],
+    private_pkcs8: &[u8],
+) -> AssertionSigner {
     let admin = Principal::new("admin", "default", "-");
     let request = CreateKey {
         public_key: Some(pem("PUBLIC KEY", public_spki).into_bytes()),
         ..Default::default()
     };
-    let created = keys.create(&admin, None, user, request).await.expect("create");
-    AssertionSigner::from_pem(user, &created.key.id, pem("PRIVATE KEY", private_pkcs8).as_bytes()).expect("signer")
+    let created = keys
+        .create(&admin, None, user, request)
+        .await
+        .expect("create");
+    AssertionSigner::from_pem(
+        user,
+        &created.key.id,
+        pem("PRIVATE KEY", private_pkcs8).as_bytes(),
+    )
+    .expect("signer")
 }
 
 fn claims(user: &str) -> Value {
@@ -101,22 +126,31 @@ impl Fx {
     }
 
     async fn refuses(&self, token: &str, reason: Reason) {
-        assert_eq!(self.verifier.verify(token).await.err(), Some(VerifyError::Invalid(reason)), "{}", &token[..token.len().min(120)]);
+        assert_eq!(
+            self.verifier.verify(token).await.err(),
+            Some(VerifyError::Invalid(reason)),
+            "{}",
+            &token[..token.len().min(120)]
+        );
     }
 
     async fn claims_ok(&self, c: Value) {
-        self.accepts(&token(&self.rsa, &header(&self.rsa), &c)).await;
+        self.accepts(&token(&self.rsa, &header(&self.rsa), &c))
+            .await;
     }
 
     async fn claims_refused(&self, c: Value, reason: Reason) {
-        self.refuses(&token(&self.rsa, &header(&self.rsa), &c), reason).await;
+        self.refuses(&token(&self.rsa, &header(&self.rsa), &c), reason)
+            .await;
     }
 }
 
 #[tokio::test]
 async fn a_good_assertion_yields_the_principal() {
     let fx = fixture().await;
-    let p = fx.accepts(&token(&fx.rsa, &header(&fx.rsa), &claims("bot"))).await;
+    let p = fx
+        .accepts(&token(&fx.rsa, &header(&fx.rsa), &claims("bot")))
+        .await;
     assert_eq!(p.user_id, "bot");
     assert_eq!(p.org_id, "default");
     assert_eq!(p.key_id, fx.rsa.key_id());
@@ -151,42 +185,108 @@ async fn rule2_form_three_canonical_segments_of_json_objects() {
     fx.accepts(&good).await;
     let m = |s| Reason::Malformed(s);
     let parts: Vec<&str> = good.split('.').collect();
-    fx.refuses(&format!("{}.{}", parts[0], parts[1]), m("token must be three base64url segments")).await;
-    fx.refuses(&format!("{good}."), m("token must be three base64url segments")).await;
-    fx.refuses(&format!("{good}.{}", parts[2]), m("token must be three base64url segments")).await;
-    fx.refuses(&format!("{}..{}", parts[0], parts[2]), m("empty token segment")).await;
-    fx.refuses(&format!("{}.{}.", parts[0], parts[1]), m("empty token segment")).await;
-    fx.refuses(&format!("{}=.{}.{}", parts[0], parts[1], parts[2]), m("header is not canonical base64url")).await;
-    fx.refuses(&format!("{}.{}.{}==", parts[0], parts[1], parts[2]), m("signature is not canonical base64url")).await;
-    fx.refuses(&good.replacen(parts[1], &format!("{}+", parts[1]), 1), m("payload is not canonical base64url")).await;
+    fx.refuses(
+        &format!("{}.{}", parts[0], parts[1]),
+        m("token must be three base64url segments"),
+    )
+    .await;
+    fx.refuses(
+        &format!("{good}."),
+        m("token must be three base64url segments"),
+    )
+    .await;
+    fx.refuses(
+        &format!("{good}.{}", parts[2]),
+        m("token must be three base64url segments"),
+    )
+    .await;
+    fx.refuses(
+        &format!("{}..{}", parts[0], parts[2]),
+        m("empty token segment"),
+    )
+    .await;
+    fx.refuses(
+        &format!("{}.{}.", parts[0], parts[1]),
+        m("empty token segment"),
+    )
+    .await;
+    fx.refuses(
+        &format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+        m("header is not canonical base64url"),
+    )
+    .await;
+    fx.refuses(
+        &format!("{}.{}.{}==", parts[0], parts[1], parts[2]),
+        m("signature is not canonical base64url"),
+    )
+    .await;
+    fx.refuses(
+        &good.replacen(parts[1], &format!("{}+", parts[1]), 1),
+        m("payload is not canonical base64url"),
+    )
+    .await;
     // A second spelling of the same bytes: stray bits in the last character.
     let sig = parts[2];
     let last = sig.chars().last().expect("char");
     let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let idx = alphabet.find(last).expect("in alphabet");
     let stray = alphabet.chars().nth(idx ^ 1).expect("char");
-    let respelled = format!("{}.{}.{}{}", parts[0], parts[1], &sig[..sig.len() - 1], stray);
-    fx.refuses(&respelled, m("signature is not canonical base64url")).await;
+    let respelled = format!(
+        "{}.{}.{}{}",
+        parts[0],
+        parts[1],
+        &sig[..sig.len() - 1],
+        stray
+    );
+    fx.refuses(&respelled, m("signature is not canonical base64url"))
+        .await;
 
     let raw = |h: &str, p: &str| fx.rsa.sign_parts(h.as_bytes(), p.as_bytes()).expect("sign");
     let kid = fx.rsa.key_id();
     let c = claims("bot").to_string();
-    fx.refuses(&raw("[1]", &c), m("header is not a JSON object")).await;
-    fx.refuses(&raw(&format!("{{\"alg\":\"RS256\",\"kid\":\"{kid}\"}} x"), &c), m("header is not a JSON object")).await;
-    fx.refuses(&raw(&format!("{{\"alg\":\"RS256\",\"kid\":\"{kid}\",\"kid\":\"{kid}\"}}"), &c), m("duplicate member in header")).await;
+    fx.refuses(&raw("[1]", &c), m("header is not a JSON object"))
+        .await;
+    fx.refuses(
+        &raw(&format!("{{\"alg\":\"RS256\",\"kid\":\"{kid}\"}} x"), &c),
+        m("header is not a JSON object"),
+    )
+    .await;
+    fx.refuses(
+        &raw(
+            &format!("{{\"alg\":\"RS256\",\"kid\":\"{kid}\",\"kid\":\"{kid}\"}}"),
+            &c,
+        ),
+        m("duplicate member in header"),
+    )
+    .await;
     let h = header(&fx.rsa).to_string();
-    fx.refuses(&raw(&h, "\"claims\""), m("payload is not a JSON object")).await;
-    let dup = format!("{{\"iss\":\"bot\",\"sub\":\"bot\",\"aud\":\"{AUD}\",\"iat\":{NOW},\"exp\":{},\"exp\":{}}}", NOW + 300, NOW + 300);
-    fx.refuses(&raw(&h, &dup), m("duplicate member in payload")).await;
+    fx.refuses(&raw(&h, "\"claims\""), m("payload is not a JSON object"))
+        .await;
+    let dup = format!(
+        "{{\"iss\":\"bot\",\"sub\":\"bot\",\"aud\":\"{AUD}\",\"iat\":{NOW},\"exp\":{},\"exp\":{}}}",
+        NOW + 300,
+        NOW + 300
+    );
+    fx.refuses(&raw(&h, &dup), m("duplicate member in payload"))
+        .await;
     // Deep nesting: serde_json skips unknown members without recursion, so
     // it is neither a crash nor a refusal by itself; the rest decides.
     let nested = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
-    let deep = with(claims("bot"), json!({"x": "NESTED"})).to_string().replace("\"NESTED\"", &nested);
+    let deep = with(claims("bot"), json!({"x": "NESTED"}))
+        .to_string()
+        .replace("\"NESTED\"", &nested);
     fx.accepts(&raw(&h, &deep)).await;
-    let deep_aud = with(claims("bot"), json!({"aud": "NESTED"})).to_string().replace("\"NESTED\"", &nested);
-    fx.refuses(&raw(&h, &deep_aud), m("aud must be a string or an array of strings")).await;
+    let deep_aud = with(claims("bot"), json!({"aud": "NESTED"}))
+        .to_string()
+        .replace("\"NESTED\"", &nested);
+    fx.refuses(
+        &raw(&h, &deep_aud),
+        m("aud must be a string or an array of strings"),
+    )
+    .await;
     let deep_unclosed = format!("{{\"x\":{}", "[".repeat(3000));
-    fx.refuses(&raw(&h, &deep_unclosed), m("payload is not a JSON object")).await;
+    fx.refuses(&raw(&h, &deep_unclosed), m("payload is not a JSON object"))
+        .await;
 }
 
 // 3. Header
@@ -195,10 +295,27 @@ async fn rule2_form_three_canonical_segments_of_json_objects() {
 async fn rule3_kid_is_required_and_a_string() {
     let fx = fixture().await;
     let c = claims("bot");
-    fx.refuses(&token(&fx.rsa, &json!({"alg": "RS256"}), &c), Reason::Malformed("kid is missing")).await;
-    fx.refuses(&token(&fx.rsa, &json!({"alg": "RS256", "kid": 5}), &c), Reason::Malformed("kid is not a string")).await;
-    fx.refuses(&token(&fx.rsa, &json!({"alg": "RS256", "kid": ""}), &c), Reason::Malformed("kid is empty")).await;
-    fx.accepts(&token(&fx.rsa, &json!({"alg": "RS256", "kid": fx.rsa.key_id(), "typ": "JWT"}), &c)).await;
+    fx.refuses(
+        &token(&fx.rsa, &json!({"alg": "RS256"}), &c),
+        Reason::Malformed("kid is missing"),
+    )
+    .await;
+    fx.refuses(
+        &token(&fx.rsa, &json!({"alg": "RS256", "kid": 5}), &c),
+        Reason::Malformed("kid is not a string"),
+    )
+    .await;
+    fx.refuses(
+        &token(&fx.rsa, &json!({"alg": "RS256", "kid": ""}), &c),
+        Reason::Malformed("kid is empty"),
+    )
+    .await;
+    fx.accepts(&token(
+        &fx.rsa,
+        &json!({"alg": "RS256", "kid": fx.rsa.key_id(), "typ": "JWT"}),
+        &c,
+    ))
+    .await;
 }
 
 #[tokio::test]
@@ -214,38 +331,84 @@ async fn rule3_alg_none_hmac_unknown_and_disallowed_are_refused() {
             URL_SAFE_NO_PAD.encode("sig")
         )
     };
-    fx.refuses(&unsigned(json!("none")), Reason::Algorithm("alg none is never accepted")).await;
-    fx.refuses(&unsigned(json!("NONE")), Reason::Algorithm("alg none is never accepted")).await;
-    fx.refuses(&unsigned(json!("HS256")), Reason::Algorithm("HMAC algorithms are never accepted")).await;
-    fx.refuses(&unsigned(json!("RS1")), Reason::Algorithm("alg not supported")).await;
-    fx.refuses(&unsigned(json!("rs256")), Reason::Algorithm("alg not supported")).await;
-    fx.refuses(&unsigned(json!(256)), Reason::Malformed("alg is not a string")).await;
+    fx.refuses(
+        &unsigned(json!("none")),
+        Reason::Algorithm("alg none is never accepted"),
+    )
+    .await;
+    fx.refuses(
+        &unsigned(json!("NONE")),
+        Reason::Algorithm("alg none is never accepted"),
+    )
+    .await;
+    fx.refuses(
+        &unsigned(json!("HS256")),
+        Reason::Algorithm("HMAC algorithms are never accepted"),
+    )
+    .await;
+    fx.refuses(
+        &unsigned(json!("RS1")),
+        Reason::Algorithm("alg not supported"),
+    )
+    .await;
+    fx.refuses(
+        &unsigned(json!("rs256")),
+        Reason::Algorithm("alg not supported"),
+    )
+    .await;
+    fx.refuses(
+        &unsigned(json!(256)),
+        Reason::Malformed("alg is not a string"),
+    )
+    .await;
     let no_alg = format!(
         "{}.{}.{}",
         URL_SAFE_NO_PAD.encode(json!({"kid": kid}).to_string()),
         URL_SAFE_NO_PAD.encode(c.to_string()),
         URL_SAFE_NO_PAD.encode("sig")
     );
-    fx.refuses(&no_alg, Reason::Malformed("alg is missing")).await;
+    fx.refuses(&no_alg, Reason::Malformed("alg is missing"))
+        .await;
 
     // HS256 keyed with the public key (the classic confusion attack).
-    let spki = fx.store.inner().get(kid).await.expect("get").expect("key").public_key;
+    let spki = fx
+        .store
+        .inner()
+        .get(kid)
+        .await
+        .expect("get")
+        .expect("key")
+        .public_key;
     for secret in [spki.to_pem().into_bytes(), spki.spki_der().to_vec()] {
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "kid": kid}).to_string()),
             URL_SAFE_NO_PAD.encode(c.to_string())
         );
-        let mac = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret), signing_input.as_bytes());
+        let mac = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret),
+            signing_input.as_bytes(),
+        );
         let forged = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()));
-        fx.refuses(&forged, Reason::Algorithm("HMAC algorithms are never accepted")).await;
+        fx.refuses(
+            &forged,
+            Reason::Algorithm("HMAC algorithms are never accepted"),
+        )
+        .await;
     }
 
     // An allowed list without RS256 refuses RS256 even with a good signature.
     let strict = fixture_with(Validation::new([AUD]).algorithms([Algorithm::ES256])).await;
-    strict.refuses(&token(&strict.rsa, &header(&strict.rsa), &c), Reason::Algorithm("alg not allowed")).await;
+    strict
+        .refuses(
+            &token(&strict.rsa, &header(&strict.rsa), &c),
+            Reason::Algorithm("alg not allowed"),
+        )
+        .await;
     let rs_only = fixture_with(Validation::new([AUD]).algorithms([Algorithm::RS256])).await;
-    rs_only.accepts(&token(&rs_only.rsa, &header(&rs_only.rsa), &c)).await;
+    rs_only
+        .accepts(&token(&rs_only.rsa, &header(&rs_only.rsa), &c))
+        .await;
 }
 
 #[tokio::test]
@@ -253,24 +416,64 @@ async fn rule3_alg_must_fit_the_stored_key_type() {
     let fx = fixture().await;
     let c = claims("bot");
     // Every RSA algorithm works with an RSA key...
-    for alg in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::PS384, Algorithm::PS512] {
-        let s = generated(&fx.keys, "bot", None).await.with_algorithm(alg).expect("alg");
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ] {
+        let s = generated(&fx.keys, "bot", None)
+            .await
+            .with_algorithm(alg)
+            .expect("alg");
         fx.accepts(&token(&s, &header(&s), &c)).await;
     }
     // ...and an EC or EdDSA alg named for an RSA key is refused.
     for alg in ["ES256", "ES384", "EdDSA"] {
-        fx.refuses(&token(&fx.rsa, &json!({"alg": alg, "kid": fx.rsa.key_id()}), &c), Reason::AlgorithmMismatch).await;
+        fx.refuses(
+            &token(&fx.rsa, &json!({"alg": alg, "kid": fx.rsa.key_id()}), &c),
+            Reason::AlgorithmMismatch,
+        )
+        .await;
     }
 
     let p256 = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("p256");
     let p384 = EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).expect("p384");
     let ed = Ed25519KeyPair::generate().expect("ed");
-    let es256 = own(&fx.keys, "ec1", p256.public_key().as_der().expect("d").as_ref(), p256.to_pkcs8v1().expect("p").as_ref()).await;
-    let es384 = own(&fx.keys, "ec2", p384.public_key().as_der().expect("d").as_ref(), p384.to_pkcs8v1().expect("p").as_ref()).await;
-    let eddsa = own(&fx.keys, "ed", ed.public_key().as_der().expect("d").as_ref(), ed.to_pkcs8().expect("p").as_ref()).await;
-    for (s, user, wrong) in [(&es256, "ec1", "ES384"), (&es384, "ec2", "ES256"), (&eddsa, "ed", "RS256")] {
+    let es256 = own(
+        &fx.keys,
+        "ec1",
+        p256.public_key().as_der().expect("d").as_ref(),
+        p256.to_pkcs8v1().expect("p").as_ref(),
+    )
+    .await;
+    let es384 = own(
+        &fx.keys,
+        "ec2",
+        p384.public_key().as_der().expect("d").as_ref(),
+        p384.to_pkcs8v1().expect("p").as_ref(),
+    )
+    .await;
+    let eddsa = own(
+        &fx.keys,
+        "ed",
+        ed.public_key().as_der().expect("d").as_ref(),
+        ed.to_pkcs8().expect("p").as_ref(),
+    )
+    .await;
+    for (s, user, wrong) in [
+        (&es256, "ec1", "ES384"),
+        (&es384, "ec2", "ES256"),
+        (&eddsa, "ed", "RS256"),
+    ] {
         fx.accepts(&token(s, &header(s), &claims(user))).await;
-        fx.refuses(&token(s, &json!({"alg": wrong, "kid": s.key_id()}), &claims(user)), Reason::AlgorithmMismatch).await;
+        fx.refuses(
+            &token(s, &json!({"alg": wrong, "kid": s.key_id()}), &claims(user)),
+            Reason::AlgorithmMismatch,
+        )
+        .await;
     }
 }
 
@@ -279,21 +482,41 @@ async fn rule3_crit_is_refused_and_key_headers_are_ignored() {
     let fx = fixture().await;
     let c = claims("bot");
     let kid = fx.rsa.key_id();
-    fx.refuses(&token(&fx.rsa, &json!({"alg": "RS256", "kid": kid, "crit": ["exp"]}), &c), Reason::Crit).await;
+    fx.refuses(
+        &token(
+            &fx.rsa,
+            &json!({"alg": "RS256", "kid": kid, "crit": ["exp"]}),
+            &c,
+        ),
+        Reason::Crit,
+    )
+    .await;
     // jku/x5u point nowhere reachable: were they fetched, the test would
     // fail or hang; the key comes from the store and the token is accepted.
     fx.accepts(&token(&fx.rsa, &json!({"alg": "RS256", "kid": kid, "jku": "http://192.0.2.1/jwks", "x5u": "http://192.0.2.1/x"}), &c)).await;
     // An attacker's own key in `jwk`/`x5c` does not help: the signature is
     // checked with the stored key.
-    let attacker = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
+    let attacker =
+        aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
     let attacker_pem = pem("RSA PRIVATE KEY", &{
         let pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&attacker).expect("der");
         use rsa::pkcs1::der::Decode;
-        rsa::pkcs8::PrivateKeyInfo::from_der(pkcs8.as_ref()).expect("info").private_key.to_vec()
+        rsa::pkcs8::PrivateKeyInfo::from_der(pkcs8.as_ref())
+            .expect("info")
+            .private_key
+            .to_vec()
     });
     let forger = AssertionSigner::from_pem("bot", kid, attacker_pem.as_bytes()).expect("forger");
     let jwk = json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"});
-    fx.refuses(&token(&forger, &json!({"alg": "RS256", "kid": kid, "jwk": jwk, "x5c": ["MIIB"]}), &c), Reason::Signature).await;
+    fx.refuses(
+        &token(
+            &forger,
+            &json!({"alg": "RS256", "kid": kid, "jwk": jwk, "x5c": ["MIIB"]}),
+            &c,
+        ),
+        Reason::Signature,
+    )
+    .await;
 }
 
 // 4. Key
@@ -301,11 +524,24 @@ async fn rule3_crit_is_refused_and_key_headers_are_ignored() {
 #[tokio::test]
 async fn rule4_key_must_exist_and_belong_to_the_issuer() {
     let fx = fixture().await;
-    fx.refuses(&token(&fx.rsa, &json!({"alg": "RS256", "kid": "404"}), &claims("bot")), Reason::UnknownKey).await;
+    fx.refuses(
+        &token(
+            &fx.rsa,
+            &json!({"alg": "RS256", "kid": "404"}),
+            &claims("bot"),
+        ),
+        Reason::UnknownKey,
+    )
+    .await;
     // other's kid, claiming to be bot, signed with other's own key: the kid
     // is not bot's, so it is unknown — never a match.
-    fx.refuses(&token(&fx.other, &header(&fx.other), &claims("bot")), Reason::UnknownKey).await;
-    fx.accepts(&token(&fx.other, &header(&fx.other), &claims("other"))).await;
+    fx.refuses(
+        &token(&fx.other, &header(&fx.other), &claims("bot")),
+        Reason::UnknownKey,
+    )
+    .await;
+    fx.accepts(&token(&fx.other, &header(&fx.other), &claims("other")))
+        .await;
 }
 
 #[tokio::test]
@@ -314,13 +550,28 @@ async fn rule4_key_expiration_is_strict_with_no_leeway() {
     let expiring = generated(&fx.keys, "short", Some(NOW + 100)).await;
     let c = with(claims("short"), json!({"exp": NOW + 1000}));
     fx.accepts(&token(&expiring, &header(&expiring), &c)).await;
-    fx.clock.set(chrono::DateTime::from_timestamp(NOW + 99, 0).expect("t"));
-    fx.accepts(&token(&expiring, &header(&expiring), &with(c.clone(), json!({"iat": NOW + 99})))).await;
+    fx.clock
+        .set(chrono::DateTime::from_timestamp(NOW + 99, 0).expect("t"));
+    fx.accepts(&token(
+        &expiring,
+        &header(&expiring),
+        &with(c.clone(), json!({"iat": NOW + 99})),
+    ))
+    .await;
     // At the expiration instant, and one second after (within the claims'
     // leeway), the key no longer works.
     for t in [NOW + 100, NOW + 101] {
-        fx.clock.set(chrono::DateTime::from_timestamp(t, 0).expect("t"));
-        fx.refuses(&token(&expiring, &header(&expiring), &with(c.clone(), json!({"iat": t}))), Reason::KeyExpired).await;
+        fx.clock
+            .set(chrono::DateTime::from_timestamp(t, 0).expect("t"));
+        fx.refuses(
+            &token(
+                &expiring,
+                &header(&expiring),
+                &with(c.clone(), json!({"iat": t})),
+            ),
+            Reason::KeyExpired,
+        )
+        .await;
     }
 }
 
@@ -332,11 +583,21 @@ async fn rule5_signature_is_verified_with_the_stored_key() {
     let good = token(&fx.rsa, &header(&fx.rsa), &claims("bot"));
     fx.accepts(&good).await;
     let parts: Vec<&str> = good.split('.').collect();
-    let tampered_claims = URL_SAFE_NO_PAD.encode(with(claims("bot"), json!({"exp": NOW + 301})).to_string());
-    fx.refuses(&format!("{}.{}.{}", parts[0], tampered_claims, parts[2]), Reason::Signature).await;
+    let tampered_claims =
+        URL_SAFE_NO_PAD.encode(with(claims("bot"), json!({"exp": NOW + 301})).to_string());
+    fx.refuses(
+        &format!("{}.{}.{}", parts[0], tampered_claims, parts[2]),
+        Reason::Signature,
+    )
+    .await;
     let other_sig = token(&fx.other, &header(&fx.rsa), &claims("bot"));
     fx.refuses(&other_sig, Reason::Signature).await;
-    let short_sig = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode([1u8; 16]));
+    let short_sig = format!(
+        "{}.{}.{}",
+        parts[0],
+        parts[1],
+        URL_SAFE_NO_PAD.encode([1u8; 16])
+    );
     fx.refuses(&short_sig, Reason::Signature).await;
 }
 
@@ -346,77 +607,185 @@ async fn rule5_signature_is_verified_with_the_stored_key() {
 async fn rule6_iss_and_sub_present_nonempty_strings_and_equal() {
     let fx = fixture().await;
     let m = |s| Reason::Malformed(s);
-    fx.claims_refused(with(claims("bot"), json!({"iss": null})), m("iss is missing")).await;
-    fx.claims_refused(with(claims("bot"), json!({"sub": null})), m("sub is missing")).await;
-    fx.claims_refused(with(claims("bot"), json!({"iss": ""})), m("iss is empty")).await;
-    fx.claims_refused(with(claims("bot"), json!({"sub": 7})), m("sub is not a string")).await;
-    fx.claims_refused(with(claims("bot"), json!({"iss": ["bot"]})), m("iss is not a string")).await;
-    fx.claims_refused(with(claims("bot"), json!({"sub": "other"})), Reason::IssuerSubject).await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"iss": null})),
+        m("iss is missing"),
+    )
+    .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"sub": null})),
+        m("sub is missing"),
+    )
+    .await;
+    fx.claims_refused(with(claims("bot"), json!({"iss": ""})), m("iss is empty"))
+        .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"sub": 7})),
+        m("sub is not a string"),
+    )
+    .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"iss": ["bot"]})),
+        m("iss is not a string"),
+    )
+    .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"sub": "other"})),
+        Reason::IssuerSubject,
+    )
+    .await;
     fx.claims_ok(claims("bot")).await;
 }
 
 #[tokio::test]
 async fn rule6_audience_exact_match_string_or_array() {
     let fx = fixture().await;
-    fx.claims_ok(with(claims("bot"), json!({"aud": [ "x", "https://second.example.com"]}))).await;
-    fx.claims_ok(with(claims("bot"), json!({"aud": [AUD]}))).await;
-    for wrong in [json!("https://api.example.co"), json!("HTTPS://API.EXAMPLE.COM"), json!(format!("{AUD}/")), json!([]), json!(["x"])] {
-        fx.claims_refused(with(claims("bot"), json!({"aud": wrong})), Reason::Audience).await;
+    fx.claims_ok(with(
+        claims("bot"),
+        json!({"aud": [ "x", "https://second.example.com"]}),
+    ))
+    .await;
+    fx.claims_ok(with(claims("bot"), json!({"aud": [AUD]})))
+        .await;
+    for wrong in [
+        json!("https://api.example.co"),
+        json!("HTTPS://API.EXAMPLE.COM"),
+        json!(format!("{AUD}/")),
+        json!([]),
+        json!(["x"]),
+    ] {
+        fx.claims_refused(with(claims("bot"), json!({"aud": wrong})), Reason::Audience)
+            .await;
     }
     let m = Reason::Malformed("aud must be a string or an array of strings");
-    fx.claims_refused(with(claims("bot"), json!({"aud": [AUD, 1]})), m).await;
-    fx.claims_refused(with(claims("bot"), json!({"aud": {"a": AUD}})), m).await;
-    fx.claims_refused(with(claims("bot"), json!({"aud": 1})), m).await;
-    fx.claims_refused(with(claims("bot"), json!({"aud": null})), Reason::Malformed("aud is missing")).await;
+    fx.claims_refused(with(claims("bot"), json!({"aud": [AUD, 1]})), m)
+        .await;
+    fx.claims_refused(with(claims("bot"), json!({"aud": {"a": AUD}})), m)
+        .await;
+    fx.claims_refused(with(claims("bot"), json!({"aud": 1})), m)
+        .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"aud": null})),
+        Reason::Malformed("aud is missing"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn rule6_dates_are_json_numbers_in_range() {
     let fx = fixture().await;
     let bad_exp = Reason::Malformed("exp is not a valid NumericDate");
-    for v in [json!("1800000300"), json!(true), json!(-1), json!(253_402_300_800u64), json!(1e300), json!([NOW]), json!({})] {
-        fx.claims_refused(with(claims("bot"), json!({"exp": v.clone()})), bad_exp).await;
+    for v in [
+        json!("1800000300"),
+        json!(true),
+        json!(-1),
+        json!(253_402_300_800u64),
+        json!(1e300),
+        json!([NOW]),
+        json!({}),
+    ] {
+        fx.claims_refused(with(claims("bot"), json!({"exp": v.clone()})), bad_exp)
+            .await;
     }
-    fx.claims_refused(with(claims("bot"), json!({"exp": null})), Reason::Malformed("exp is missing")).await;
-    fx.claims_refused(with(claims("bot"), json!({"iat": null})), Reason::Malformed("iat is missing")).await;
-    fx.claims_refused(with(claims("bot"), json!({"iat": "now"})), Reason::Malformed("iat is not a valid NumericDate")).await;
-    fx.claims_refused(with(claims("bot"), json!({"nbf": false})), Reason::Malformed("nbf is not a valid NumericDate")).await;
-    fx.claims_refused(with(claims("bot"), json!({"jti": 5})), Reason::Malformed("jti is not a string")).await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"exp": null})),
+        Reason::Malformed("exp is missing"),
+    )
+    .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"iat": null})),
+        Reason::Malformed("iat is missing"),
+    )
+    .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"iat": "now"})),
+        Reason::Malformed("iat is not a valid NumericDate"),
+    )
+    .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"nbf": false})),
+        Reason::Malformed("nbf is not a valid NumericDate"),
+    )
+    .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"jti": 5})),
+        Reason::Malformed("jti is not a string"),
+    )
+    .await;
     // Fractions are numbers too.
-    fx.claims_ok(with(claims("bot"), json!({"exp": (NOW + 300) as f64 + 0.5, "iat": NOW as f64 - 0.25}))).await;
+    fx.claims_ok(with(
+        claims("bot"),
+        json!({"exp": (NOW + 300) as f64 + 0.5, "iat": NOW as f64 - 0.25}),
+    ))
+    .await;
     // 1e300 spelled as an integer-valued float in range is fine.
-    fx.claims_ok(with(claims("bot"), json!({"exp": 1.8000003e9}))).await;
+    fx.claims_ok(with(claims("bot"), json!({"exp": 1.8000003e9})))
+        .await;
 }
 
 #[tokio::test]
 async fn rule6_exp_with_leeway() {
     let fx = fixture().await;
     // Leeway 60 s: accepted while now < exp + 60.
-    fx.claims_ok(with(claims("bot"), json!({"iat": NOW - 100, "exp": NOW - 59}))).await;
-    fx.claims_refused(with(claims("bot"), json!({"iat": NOW - 100, "exp": NOW - 60})), Reason::Expired).await;
+    fx.claims_ok(with(
+        claims("bot"),
+        json!({"iat": NOW - 100, "exp": NOW - 59}),
+    ))
+    .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"iat": NOW - 100, "exp": NOW - 60})),
+        Reason::Expired,
+    )
+    .await;
     let tight = fixture_with(Validation::new([AUD]).leeway(Duration::ZERO)).await;
-    tight.claims_refused(with(claims("bot"), json!({"exp": NOW})), Reason::Expired).await;
-    tight.claims_ok(with(claims("bot"), json!({"exp": NOW + 1}))).await;
+    tight
+        .claims_refused(with(claims("bot"), json!({"exp": NOW})), Reason::Expired)
+        .await;
+    tight
+        .claims_ok(with(claims("bot"), json!({"exp": NOW + 1})))
+        .await;
 }
 
 #[tokio::test]
 async fn rule6_iat_not_in_the_future_and_not_too_old() {
     let fx = fixture().await;
-    fx.claims_ok(with(claims("bot"), json!({"iat": NOW + 60}))).await;
-    fx.claims_refused(with(claims("bot"), json!({"iat": NOW + 61})), Reason::IssuedInFuture).await;
+    fx.claims_ok(with(claims("bot"), json!({"iat": NOW + 60})))
+        .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"iat": NOW + 61})),
+        Reason::IssuedInFuture,
+    )
+    .await;
     // max age 1 h + leeway.
-    fx.claims_ok(with(claims("bot"), json!({"iat": NOW - 3660}))).await;
-    fx.claims_refused(with(claims("bot"), json!({"iat": NOW - 3661})), Reason::TooOld).await;
+    fx.claims_ok(with(claims("bot"), json!({"iat": NOW - 3660})))
+        .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"iat": NOW - 3661})),
+        Reason::TooOld,
+    )
+    .await;
     let young = fixture_with(Validation::new([AUD]).max_age(Duration::from_secs(60))).await;
-    young.claims_refused(with(claims("bot"), json!({"iat": NOW - 121})), Reason::TooOld).await;
-    young.claims_ok(with(claims("bot"), json!({"iat": NOW - 120}))).await;
+    young
+        .claims_refused(
+            with(claims("bot"), json!({"iat": NOW - 121})),
+            Reason::TooOld,
+        )
+        .await;
+    young
+        .claims_ok(with(claims("bot"), json!({"iat": NOW - 120})))
+        .await;
 }
 
 #[tokio::test]
 async fn rule6_nbf_optional_with_leeway() {
     let fx = fixture().await;
-    fx.claims_ok(with(claims("bot"), json!({"nbf": NOW + 60}))).await;
-    fx.claims_refused(with(claims("bot"), json!({"nbf": NOW + 61})), Reason::NotYetValid).await;
+    fx.claims_ok(with(claims("bot"), json!({"nbf": NOW + 60})))
+        .await;
+    fx.claims_refused(
+        with(claims("bot"), json!({"nbf": NOW + 61})),
+        Reason::NotYetValid,
+    )
+    .await;
     fx.claims_ok(claims("bot")).await;
 }
 

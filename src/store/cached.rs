@@ -151,7 +151,12 @@ impl KeyStore for CachedStore {
         self.store.get(key_id).await
     }
 
-    async fn list(&self, user_id: &str, org_id: &str, query: ListQuery) -> Result<KeyPage, StoreError> {
+    async fn list(
+        &self,
+        user_id: &str,
+        org_id: &str,
+        query: ListQuery,
+    ) -> Result<KeyPage, StoreError> {
         self.store.list(user_id, org_id, query).await
     }
 

@@ -51,10 +51,9 @@ impl KeyStore for MemoryStore {
             .get(&new.user_id)
             .and_then(|ids| ids.first())
             .and_then(|id| inner.keys.get(id))
+            && first.resource_owner != new.resource_owner
         {
-            if first.resource_owner != new.resource_owner {
-                return Err(StoreError::UserInOtherOrg(first.resource_owner.clone()));
-            }
+            return Err(StoreError::UserInOtherOrg(first.resource_owner.clone()));
         }
         inner.sequence += 1;
         let key = MachineKey {
@@ -80,7 +79,12 @@ impl KeyStore for MemoryStore {
         Ok(self.lock().keys.get(key_id).cloned())
     }
 
-    async fn list(&self, user_id: &str, org_id: &str, query: ListQuery) -> Result<KeyPage, StoreError> {
+    async fn list(
+        &self,
+        user_id: &str,
+        org_id: &str,
+        query: ListQuery,
+    ) -> Result<KeyPage, StoreError> {
         let inner = self.lock();
         let mine: Vec<&MachineKey> = inner
             .by_user
@@ -96,14 +100,27 @@ impl KeyStore for MemoryStore {
         let skip = usize::try_from(query.offset).unwrap_or(usize::MAX);
         let take = query.limit as usize;
         let keys = if query.asc {
-            mine.iter().skip(skip).take(take).map(|k| (*k).clone()).collect()
+            mine.iter()
+                .skip(skip)
+                .take(take)
+                .map(|k| (*k).clone())
+                .collect()
         } else {
-            mine.iter().rev().skip(skip).take(take).map(|k| (*k).clone()).collect()
+            mine.iter()
+                .rev()
+                .skip(skip)
+                .take(take)
+                .map(|k| (*k).clone())
+                .collect()
         };
         Ok(KeyPage { total, keys })
     }
 
-    async fn remove(&self, key_id: &str, _at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
+    async fn remove(
+        &self,
+        key_id: &str,
+        _at: DateTime<Utc>,
+    ) -> Result<Option<Removed>, StoreError> {
         let mut inner = self.lock();
         let Some(key) = inner.keys.remove(key_id) else {
             return Ok(None);

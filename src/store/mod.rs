@@ -106,7 +106,12 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// A page of `user_id`'s keys in organization `org_id`, ordered by
     /// creation (sequence).
-    async fn list(&self, user_id: &str, org_id: &str, query: ListQuery) -> Result<KeyPage, StoreError>;
+    async fn list(
+        &self,
+        user_id: &str,
+        org_id: &str,
+        query: ListQuery,
+    ) -> Result<KeyPage, StoreError>;
 
     /// Removes the key with this id; `None` when there is none.
     async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError>;
@@ -120,7 +125,12 @@ impl<S: KeyStore + ?Sized> KeyStore for std::sync::Arc<S> {
     async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
         (**self).get(key_id).await
     }
-    async fn list(&self, user_id: &str, org_id: &str, query: ListQuery) -> Result<KeyPage, StoreError> {
+    async fn list(
+        &self,
+        user_id: &str,
+        org_id: &str,
+        query: ListQuery,
+    ) -> Result<KeyPage, StoreError> {
         (**self).list(user_id, org_id, query).await
     }
     async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {

@@ -43,8 +43,14 @@ impl Answer {
         let j = self.json();
         assert!(j["code"].is_i64(), "no code in {j}");
         assert!(j["message"].is_string(), "no message in {j}");
-        assert_eq!(j["details"][0]["@type"], "type.googleapis.com/jwtprofile.v1.ErrorDetail");
-        j["details"][0]["id"].as_str().unwrap_or_default().to_string()
+        assert_eq!(
+            j["details"][0]["@type"],
+            "type.googleapis.com/jwtprofile.v1.ErrorDetail"
+        );
+        j["details"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn code(&self) -> i64 {
@@ -80,7 +86,9 @@ impl Http {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Answer {
-        let mut req = Request::builder().method(method).uri(format!("{}{}", self.base, path));
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -89,7 +97,11 @@ impl Http {
         let status = res.status();
         let headers = res.headers().clone();
         let body = res.into_body().collect().await.expect("body").to_bytes();
-        Answer { status, headers, body }
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// A request with `Authorization: Bearer <token>` plus `headers`.
@@ -110,7 +122,9 @@ impl Http {
 
 /// Serves `router` on 127.0.0.1 (any port) until the test ends.
 pub async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         axum::serve(listener, router).await.expect("serve");
@@ -174,7 +188,9 @@ pub async fn app() -> App {
 }
 
 pub async fn app_with(options: AppOptions) -> App {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let audience = format!("http://{addr}");
     let clock = ManualClock::now_system();
@@ -230,7 +246,10 @@ pub struct Outage {
 
 impl Outage {
     pub fn new() -> std::sync::Arc<Outage> {
-        std::sync::Arc::new(Outage { inner: MemoryStore::new(), down: false.into() })
+        std::sync::Arc::new(Outage {
+            inner: MemoryStore::new(),
+            down: false.into(),
+        })
     }
 
     pub fn set_down(&self, down: bool) {
@@ -239,7 +258,9 @@ impl Outage {
 
     fn check(&self) -> Result<(), jwt_profile::store::StoreError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(jwt_profile::store::StoreError::Unavailable("connection refused".into()))
+            Err(jwt_profile::store::StoreError::Unavailable(
+                "connection refused".into(),
+            ))
         } else {
             Ok(())
         }
@@ -248,21 +269,35 @@ impl Outage {
 
 #[async_trait::async_trait]
 impl KeyStore for Outage {
-    async fn insert(&self, key: jwt_profile::store::NewKey) -> Result<jwt_profile::key::MachineKey, jwt_profile::store::StoreError> {
+    async fn insert(
+        &self,
+        key: jwt_profile::store::NewKey,
+    ) -> Result<jwt_profile::key::MachineKey, jwt_profile::store::StoreError> {
         self.check()?;
         self.inner.insert(key).await
     }
-    async fn get(&self, key_id: &str) -> Result<Option<jwt_profile::key::MachineKey>, jwt_profile::store::StoreError> {
+    async fn get(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<jwt_profile::key::MachineKey>, jwt_profile::store::StoreError> {
         self.check()?;
         self.inner.get(key_id).await
     }
-    async fn list(&self, user_id: &str, org_id: &str, query: jwt_profile::store::ListQuery) -> Result<jwt_profile::store::KeyPage, jwt_profile::store::StoreError> {
+    async fn list(
+        &self,
+        user_id: &str,
+        org_id: &str,
+        query: jwt_profile::store::ListQuery,
+    ) -> Result<jwt_profile::store::KeyPage, jwt_profile::store::StoreError> {
         self.check()?;
         self.inner.list(user_id, org_id, query).await
     }
-    async fn remove(&self, key_id: &str, at: chrono::DateTime<chrono::Utc>) -> Result<Option<jwt_profile::store::Removed>, jwt_profile::store::StoreError> {
+    async fn remove(
+        &self,
+        key_id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<jwt_profile::store::Removed>, jwt_profile::store::StoreError> {
         self.check()?;
         self.inner.remove(key_id, at).await
     }
 }
-

@@ -1,0 +1,173 @@
+//! The example server and the machine_login example, run as the README runs
+//! them: real processes, real files, real HTTP on 127.0.0.1.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::Http;
+use http::{Method, StatusCode};
+
+/// `target/<profile>/examples/<name>`, built by `cargo test` with the tests.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run the tests with cargo test",
+        path.display()
+    );
+    path
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(example("server"));
+    cmd.current_dir(dir)
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, addr }
+}
+
+fn machine_login(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(example("machine_login"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn readme_walkthrough_works_against_the_example_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &[]);
+    let key_file = dir.path().join("admin-key.json");
+    let mode = std::fs::metadata(&key_file)
+        .expect("admin key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let http = Http::new(server.addr.parse().expect("addr"));
+    assert_eq!(
+        http.send(Method::GET, "/healthz", &[], "").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.send(Method::GET, "/whoami", &[], "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let whoami = format!("http://{}/whoami", server.addr);
+    let (ok, token) = machine_login(dir.path(), &["--print-token", "admin-key.json", &whoami]);
+    assert!(ok);
+    let created = http
+        .call(Method::POST, "/users/ci-bot/keys", &token, &[], "{}")
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    let file = STANDARD
+        .decode(created.json()["keyDetails"].as_str().expect("keyDetails"))
+        .expect("b64");
+    std::fs::write(dir.path().join("ci-bot.json"), file).expect("write");
+
+    let (ok, out) = machine_login(dir.path(), &["ci-bot.json", &whoami]);
+    assert!(ok, "{out}");
+    let me: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(me["userId"], "ci-bot");
+    assert_eq!(me["orgId"], "default");
+    assert_eq!(me["keyId"], created.json()["keyId"]);
+    assert!(me["expiresAt"].as_str().expect("expiresAt").ends_with('Z'));
+
+    let (ok, out) = machine_login(dir.path(), &["admin-key.json", &whoami]);
+    assert!(ok);
+    assert!(out.contains("\"userId\":\"admin\""), "{out}");
+}
+
+#[tokio::test]
+async fn settings_come_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(
+        dir.path(),
+        &[
+            (
+                "JWT_PROFILE_AUDIENCE",
+                "https://a.example, https://b.example",
+            ),
+            ("JWT_PROFILE_ADMIN_USER", "root"),
+            ("JWT_PROFILE_ORG", "ops"),
+            ("JWT_PROFILE_ADMIN_KEY_FILE", "keys/root.json"),
+        ],
+    );
+    let url = format!("http://{}/whoami", server.addr);
+    for aud in ["https://a.example", "https://b.example"] {
+        let (ok, out) = machine_login(dir.path(), &["--audience", aud, "keys/root.json", &url]);
+        assert!(ok, "{aud}: {out}");
+        assert!(
+            out.contains("\"userId\":\"root\"") && out.contains("\"orgId\":\"ops\""),
+            "{out}"
+        );
+    }
+    let (ok, _) = machine_login(dir.path(), &["keys/root.json", &url]);
+    assert!(
+        !ok,
+        "the listen address is not an accepted audience when JWT_PROFILE_AUDIENCE is set"
+    );
+}
+
+#[test]
+fn bad_settings_exit_2_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a-file"), "").expect("write");
+    for (env, expect) in [
+        (("JWT_PROFILE_STORE", "mongodb://x"), "JWT_PROFILE_STORE"),
+        (("JWT_PROFILE_LISTEN", "not-an-address"), "cannot listen"),
+        (
+            ("JWT_PROFILE_ADMIN_KEY_FILE", "a-file/key.json"),
+            "cannot write",
+        ),
+    ] {
+        let out = Command::new(example("server"))
+            .current_dir(dir.path())
+            .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
+            .env(env.0, env.1)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{env:?}: {stderr}");
+    }
+}
