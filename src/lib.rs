@@ -76,3 +76,8 @@ pub use layer::{
 pub use principal::Principal;
 pub use service::KeyService;
 pub use verify::{Reason, Validation, Verifier, VerifyError};
+
+/// The README's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
