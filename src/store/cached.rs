@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 
 use super::{KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError};
 use crate::key::{MachineKey, VerifyingKey};
@@ -109,9 +110,10 @@ impl CachedStore {
         &self.store
     }
 
-    /// Drops one key id from the cache (found or unknown).
+    /// Drops one key id from the cache (found or unknown), after any load
+    /// of it in flight; the next lookup asks the store.
     pub async fn invalidate(&self, key_id: &str) {
-        self.cache.invalidate(key_id).await;
+        self.forget(key_id).await;
     }
 
     /// Approximate number of cached entries.
@@ -126,14 +128,37 @@ impl KeyLookup for CachedStore {
         if let Some(hit) = self.cache.get(key_id).await {
             return Ok(hit);
         }
+        // Loads and removals of one id go through moka's per-key compute
+        // lock, so a load in flight when a key is removed cannot put the old
+        // key back after the removal; concurrent misses share one load.
         let store = &self.store;
-        self.cache
-            .try_get_with(key_id.to_owned(), async move {
+        let outcome = self
+            .cache
+            .entry_by_ref(key_id)
+            .and_try_compute_with(|existing| async move {
+                if existing.is_some() {
+                    return Ok(Op::Nop);
+                }
                 let found = store.get(key_id).await?;
-                Ok::<_, StoreError>(found.map(|k| Arc::new(VerifyingKey::new(k))))
+                Ok::<_, StoreError>(Op::Put(found.map(|k| Arc::new(VerifyingKey::new(k)))))
             })
-            .await
-            .map_err(|e| (*e).clone())
+            .await?;
+        Ok(match outcome {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                e.into_value()
+            }
+            CompResult::Removed(_) | CompResult::StillNone(_) => None,
+        })
+    }
+}
+
+impl CachedStore {
+    /// Drops `key_id` from the cache after any load of it in flight.
+    async fn forget(&self, key_id: &str) {
+        self.cache
+            .entry_by_ref(key_id)
+            .and_compute_with(|_| async { Op::Remove })
+            .await;
     }
 }
 
@@ -143,7 +168,7 @@ impl KeyStore for CachedStore {
         let id = key.id.clone();
         let inserted = self.store.insert(key).await;
         // Forget a remembered "unknown" for this id.
-        self.cache.invalidate(&id).await;
+        self.forget(&id).await;
         inserted
     }
 
@@ -162,7 +187,106 @@ impl KeyStore for CachedStore {
 
     async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
         let removed = self.store.remove(key_id, at).await;
-        self.cache.invalidate(key_id).await;
+        self.forget(key_id).await;
         removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{KeyType, generate_rsa_key_pair};
+    use crate::store::MemoryStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
+
+    /// A memory store whose `get` waits for a permit, and counts calls.
+    struct Gated {
+        inner: MemoryStore,
+        gate: Semaphore,
+        gets: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl KeyStore for Gated {
+        async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
+            self.inner.insert(key).await
+        }
+        async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            let found = self.inner.get(key_id).await;
+            let _permit = self.gate.acquire().await;
+            found
+        }
+        async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
+            self.inner.list(u, o, q).await
+        }
+        async fn remove(&self, id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
+            self.inner.remove(id, at).await
+        }
+    }
+
+    fn new_key(id: &str) -> NewKey {
+        NewKey {
+            id: id.into(),
+            user_id: "bot".into(),
+            resource_owner: "org".into(),
+            key_type: KeyType::Json,
+            public_key: generate_rsa_key_pair().map(|p| p.public_key).expect("key"),
+            expiration_date: crate::key::default_expiration(),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_in_flight_cannot_undo_a_removal() {
+        let gated = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Semaphore::new(0),
+            gets: AtomicUsize::new(0),
+        });
+        let cached = CachedStore::new(gated.clone());
+        cached.insert(new_key("1")).await.expect("insert");
+        // A lookup reads the key from the store, then stalls before caching it.
+        let loader = tokio::spawn({
+            let cached = cached.clone();
+            async move { cached.lookup("1").await }
+        });
+        while gated.gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The key is removed meanwhile; the removal waits for the load.
+        let remover = tokio::spawn({
+            let cached = cached.clone();
+            async move { cached.remove("1", Utc::now()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        gated.gate.add_permits(100);
+        assert!(loader.await.expect("join").expect("lookup").is_some(), "read before removal");
+        assert!(remover.await.expect("join").expect("remove").is_some());
+        assert!(cached.lookup("1").await.expect("lookup").is_none(), "stale key came back");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_store_call_and_unknown_ids_are_remembered() {
+        let gated = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Semaphore::new(0),
+            gets: AtomicUsize::new(0),
+        });
+        let cached = CachedStore::new(gated.clone());
+        let lookups: Vec<_> = (0..20)
+            .map(|_| {
+                let cached = cached.clone();
+                tokio::spawn(async move { cached.lookup("unknown").await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        gated.gate.add_permits(1000);
+        for l in lookups {
+            assert!(l.await.expect("join").expect("lookup").is_none());
+        }
+        assert!(cached.lookup("unknown").await.expect("lookup").is_none());
+        assert_eq!(gated.gets.load(Ordering::SeqCst), 1);
     }
 }
