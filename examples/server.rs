@@ -4,7 +4,7 @@
 //! | variable | default |
 //! |---|---|
 //! | `JWT_PROFILE_LISTEN` | `127.0.0.1:8080` |
-//! | `JWT_PROFILE_STORE` | `memory` |
+//! | `JWT_PROFILE_STORE` | `sqlite://jwt-profile.db` (`memory`, `sqlite://PATH`, `postgres://…`) |
 //! | `JWT_PROFILE_AUDIENCE` | `http://<listen address>` (comma-separated for several) |
 //! | `JWT_PROFILE_ADMIN_USER` | `admin` |
 //! | `JWT_PROFILE_ORG` | `default` |
@@ -15,6 +15,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -25,6 +26,11 @@ use jwt_profile::service::{CreateKey, ListKeys};
 use jwt_profile::store::{CachedStore, KeyStore, MemoryStore};
 use jwt_profile::{JwtProfileLayer, KeyFile, KeyService, Principal, Validation, Verifier};
 use serde_json::{Value, json};
+
+#[cfg(feature = "sqlite")]
+const DEFAULT_STORE: &str = "sqlite://jwt-profile.db";
+#[cfg(not(feature = "sqlite"))]
+const DEFAULT_STORE: &str = "memory";
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name)
@@ -38,13 +44,33 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn open_store(url: &str) -> Result<std::sync::Arc<dyn KeyStore>, String> {
-    match url {
-        "memory" => Ok(std::sync::Arc::new(MemoryStore::new())),
-        other => Err(format!(
-            "JWT_PROFILE_STORE={other:?} is not supported by this build; use \"memory\""
-        )),
+async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, String> {
+    if url == "memory" {
+        return Ok(Arc::new(MemoryStore::new()));
     }
+    if url.starts_with("sqlite:") {
+        #[cfg(feature = "sqlite")]
+        return jwt_profile::store::SqliteStore::open(url)
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn KeyStore>)
+            .map_err(|e| format!("cannot open the SQLite store {url}: {e}"));
+        #[cfg(not(feature = "sqlite"))]
+        return Err("this build has no SQLite support (feature `sqlite`)".to_string());
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return jwt_profile::store::PostgresStore::connect(url)
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn KeyStore>)
+            .map_err(|e| format!("cannot reach the PostgreSQL store: {e}"));
+        #[cfg(not(feature = "postgres"))]
+        return Err(
+            "this build has no PostgreSQL support; run with `--features postgres`".to_string(),
+        );
+    }
+    Err(format!(
+        "JWT_PROFILE_STORE={url:?} is not a store; use memory, sqlite://PATH or postgres://…"
+    ))
 }
 
 async fn whoami(who: Principal) -> Json<Value> {
@@ -118,15 +144,16 @@ async fn bootstrap_admin(
 #[tokio::main]
 async fn main() -> ExitCode {
     let listen = setting("JWT_PROFILE_LISTEN", "127.0.0.1:8080");
-    let store_url = setting("JWT_PROFILE_STORE", "memory");
+    let store_url = setting("JWT_PROFILE_STORE", DEFAULT_STORE);
     let admin_user = setting("JWT_PROFILE_ADMIN_USER", "admin");
     let org = setting("JWT_PROFILE_ORG", "default");
     let key_file = setting("JWT_PROFILE_ADMIN_KEY_FILE", "admin-key.json");
 
-    let store = match open_store(&store_url) {
+    let store = match open_store(&store_url).await {
         Ok(store) => CachedStore::new(store),
         Err(e) => return fail(e),
     };
+    eprintln!("key store: {store_url}");
     let listener = match tokio::net::TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => return fail(format!("cannot listen on {listen}: {e}")),

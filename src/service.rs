@@ -151,7 +151,7 @@ pub struct KeyService {
     store: Arc<dyn KeyStore>,
     policy: Arc<dyn Policy>,
     clock: Arc<dyn Clock>,
-    ids: Arc<IdGenerator>,
+    ids: Option<Arc<IdGenerator>>,
     max_keys_per_user: Option<u64>,
 }
 
@@ -201,7 +201,7 @@ impl KeyService {
             store: Arc::new(store),
             policy: Arc::new(DefaultPolicy::new()),
             clock: Arc::new(SystemClock),
-            ids: Arc::new(default_id_generator()),
+            ids: None,
             max_keys_per_user: None,
         }
     }
@@ -219,13 +219,26 @@ impl KeyService {
     }
 
     /// Replaces the key id generator. Ids must be unique in the store; a
-    /// collision is reported as `ALREADY_EXISTS`.
+    /// collision is reported as `ALREADY_EXISTS`. Without one, ids come from
+    /// the store when it allocates them (PostgreSQL), else from a generator
+    /// of ZITADEL-like decimal ids (time in the high bits, then a counter and
+    /// random bits).
     pub fn with_id_generator(
         mut self,
         ids: impl Fn() -> String + Send + Sync + 'static,
     ) -> KeyService {
-        self.ids = Arc::new(ids);
+        self.ids = Some(Arc::new(ids));
         self
+    }
+
+    async fn next_id(&self) -> Result<String, Error> {
+        if let Some(ids) = &self.ids {
+            return Ok(ids());
+        }
+        match self.store.allocate_id().await.map_err(store_error)? {
+            Some(id) => Ok(id),
+            None => Ok(generate_id()),
+        }
     }
 
     /// The current time at millisecond precision, as timestamps are shown.
@@ -331,7 +344,7 @@ impl KeyService {
             }
         }
         let new = NewKey {
-            id: (self.ids)(),
+            id: self.next_id().await?,
             user_id: user_id.to_owned(),
             resource_owner: org_id.to_owned(),
             key_type: request.key_type,
@@ -434,17 +447,15 @@ impl KeyService {
 /// Milliseconds since 2020 in the high bits, then a per-process counter and
 /// random bits, so ids made in one millisecond by several processes differ
 /// with high probability; the store's uniqueness check catches the rest.
-fn default_id_generator() -> impl Fn() -> String + Send + Sync + 'static {
+fn generate_id() -> String {
     const EPOCH_2020_MS: i64 = 1_577_836_800_000;
-    let counter = AtomicU64::new(0);
-    move || {
-        let ms = (Utc::now().timestamp_millis() - EPOCH_2020_MS).max(0) as u64;
-        let count = counter.fetch_add(1, Ordering::Relaxed) & 0xfff;
-        let mut random = [0u8; 2];
-        // If the system RNG fails the counter still keeps ids of this
-        // process apart.
-        let _ = aws_lc_rs::rand::fill(&mut random);
-        let random = u64::from(u16::from_le_bytes(random)) & 0x3ff;
-        ((ms << 22) | (count << 10) | random).to_string()
-    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let ms = (Utc::now().timestamp_millis() - EPOCH_2020_MS).max(0) as u64;
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xfff;
+    let mut random = [0u8; 2];
+    // If the system RNG fails the counter still keeps ids of this process
+    // apart.
+    let _ = aws_lc_rs::rand::fill(&mut random);
+    let random = u64::from(u16::from_le_bytes(random)) & 0x3ff;
+    ((ms << 22) | (count << 10) | random).to_string()
 }

@@ -7,7 +7,7 @@ use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 
-use super::{KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError};
+use super::{KeyEvent, KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError};
 use crate::key::{MachineKey, VerifyingKey};
 
 /// Finds the ready-to-verify key for a `kid`. The verifier's only view of
@@ -99,6 +99,9 @@ impl CachedStore {
                 negative_ttl: settings.negative_ttl,
             })
             .build();
+        if let Some(events) = store.events() {
+            follow(events, cache.clone());
+        }
         CachedStore {
             store: Arc::new(store),
             cache,
@@ -155,11 +158,36 @@ impl KeyLookup for CachedStore {
 impl CachedStore {
     /// Drops `key_id` from the cache after any load of it in flight.
     async fn forget(&self, key_id: &str) {
-        self.cache
-            .entry_by_ref(key_id)
-            .and_compute_with(|_| async { Op::Remove })
-            .await;
+        forget(&self.cache, key_id).await;
     }
+}
+
+async fn forget(cache: &Cache<String, Entry>, key_id: &str) {
+    cache
+        .entry_by_ref(key_id)
+        .and_compute_with(|_| async { Op::Remove })
+        .await;
+}
+
+/// Applies changes announced by other processes to the cache, until the
+/// store's feed closes (the store was dropped).
+fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, cache: Cache<String, Entry>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            "no tokio runtime: changes by other processes reach this cache only by expiry"
+        );
+        return;
+    };
+    runtime.spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(KeyEvent::Changed(key_id)) => forget(&cache, &key_id).await,
+                Ok(KeyEvent::Flush) | Err(RecvError::Lagged(_)) => cache.invalidate_all(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 #[async_trait]
@@ -189,6 +217,10 @@ impl KeyStore for CachedStore {
         let removed = self.store.remove(key_id, at).await;
         self.forget(key_id).await;
         removed
+    }
+
+    async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
+        self.store.allocate_id().await
     }
 }
 
@@ -262,9 +294,15 @@ mod tests {
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         gated.gate.add_permits(100);
-        assert!(loader.await.expect("join").expect("lookup").is_some(), "read before removal");
+        assert!(
+            loader.await.expect("join").expect("lookup").is_some(),
+            "read before removal"
+        );
         assert!(remover.await.expect("join").expect("remove").is_some());
-        assert!(cached.lookup("1").await.expect("lookup").is_none(), "stale key came back");
+        assert!(
+            cached.lookup("1").await.expect("lookup").is_none(),
+            "stale key came back"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,28 @@ use crate::key::{KeyType, MachineKey, PublicKey};
 
 mod cached;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use cached::{CacheSettings, CachedStore, KeyLookup};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresSettings, PostgresStore};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// A change to stored keys made by another process, announced by stores
+/// shared between processes (PostgreSQL). [`CachedStore`] listens and drops
+/// the key from its cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyEvent {
+    /// The key with this id was inserted or removed.
+    Changed(String),
+    /// Changes may have been missed (the feed reconnected): forget everything.
+    Flush,
+}
 
 /// A key to insert; the store assigns its `sequence`.
 #[derive(Clone, Debug)]
@@ -115,6 +134,18 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Removes the key with this id; `None` when there is none.
     async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError>;
+
+    /// A new key id allocated by the store, for stores shared by several
+    /// processes; `None` (the default) lets the service generate one.
+    async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// Changes made by other processes, for stores that can announce them;
+    /// `None` (the default) when there is no such feed.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<KeyEvent>> {
+        None
+    }
 }
 
 #[async_trait]
@@ -136,4 +167,64 @@ impl<S: KeyStore + ?Sized> KeyStore for std::sync::Arc<S> {
     async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
         (**self).remove(key_id, at).await
     }
+    async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
+        (**self).allocate_id().await
+    }
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<KeyEvent>> {
+        (**self).events()
+    }
+}
+
+/// Milliseconds since the epoch, as durable stores keep timestamps.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn to_millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// Maps a database error: a unique violation is a duplicate id, anything
+/// else means the store cannot serve the request.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn db_error(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return StoreError::DuplicateId;
+    }
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Turns a stored row into a key.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[allow(clippy::too_many_arguments)]
+fn row_to_key(
+    id: String,
+    user_id: String,
+    resource_owner: String,
+    public_key: &[u8],
+    expiration_ms: i64,
+    sequence: i64,
+    created_ms: i64,
+    changed_ms: i64,
+) -> Result<MachineKey, StoreError> {
+    let public_key = PublicKey::from_spki_der(public_key)
+        .map_err(|e| StoreError::Unavailable(format!("stored key {id} is unreadable: {e}")))?;
+    Ok(MachineKey {
+        id,
+        user_id,
+        key_type: KeyType::Json,
+        public_key,
+        expiration_date: from_millis(expiration_ms),
+        details: crate::key::Details {
+            sequence: u64::try_from(sequence).unwrap_or_default(),
+            creation_date: from_millis(created_ms),
+            change_date: from_millis(changed_ms),
+            resource_owner: resource_owner.clone(),
+        },
+        resource_owner,
+    })
 }

@@ -2,6 +2,8 @@
 //! client. Each test file uses the parts it needs.
 #![allow(dead_code)]
 
+pub mod backends;
+
 use std::net::SocketAddr;
 
 use axum::Router;

@@ -1,0 +1,375 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor, Row};
+use tokio::sync::broadcast;
+
+use super::{
+    KeyEvent, KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError, db_error, row_to_key,
+    to_millis,
+};
+use crate::key::MachineKey;
+
+/// Settings of a [`PostgresStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// Most connections in the pool (default 10). One more is held by the
+    /// change listener.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the store counts as
+    /// unavailable (default 3 s).
+    pub acquire_timeout: Duration,
+    /// The LISTEN/NOTIFY channel on which key changes are announced
+    /// (default `jwt_profile_keys`). Processes sharing a database must agree.
+    pub channel: String,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+            channel: "jwt_profile_keys".to_string(),
+        }
+    }
+}
+
+/// A store in PostgreSQL, shared by many replicas (feature `postgres`).
+///
+/// Migrations are embedded and run on connect. Key ids and sequences come
+/// from database sequences, so they are unique and increasing across every
+/// process on the database. The organization binding is checked under a
+/// per-user advisory lock. Every insert and removal is announced with
+/// `NOTIFY`; each store listens, and a [`CachedStore`](super::CachedStore) in
+/// front of it drops the key at once (in practice within milliseconds).
+#[derive(Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+    channel: String,
+    events: broadcast::Sender<KeyEvent>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn to_key(row: &PgRow) -> Result<MachineKey, StoreError> {
+    let get = |e: sqlx::Error| StoreError::Unavailable(e.to_string());
+    row_to_key(
+        row.try_get("id").map_err(get)?,
+        row.try_get("user_id").map_err(get)?,
+        row.try_get("resource_owner").map_err(get)?,
+        row.try_get::<&[u8], _>("public_key").map_err(get)?,
+        row.try_get("expiration_ms").map_err(get)?,
+        row.try_get("sequence").map_err(get)?,
+        row.try_get("created_ms").map_err(get)?,
+        row.try_get("changed_ms").map_err(get)?,
+    )
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) with default
+    /// settings, runs migrations and starts listening for changes.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+        PostgresStore::connect_with(options, PostgresSettings::default()).await
+    }
+
+    /// Connects with explicit options (e.g. a `search_path`) and settings.
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        settings: PostgresSettings,
+    ) -> Result<PostgresStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("PostgreSQL migration failed: {e}")))?;
+        PostgresStore::start(pool, settings.channel).await
+    }
+
+    /// Like [`connect_with`](Self::connect_with), but connects lazily: the
+    /// first request that needs the database opens the connection (and runs
+    /// the migrations). Starts even when the database is down; requests
+    /// answer "unavailable" until it is up.
+    pub fn connect_lazy_with(
+        options: PgConnectOptions,
+        settings: PostgresSettings,
+    ) -> PostgresStore {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options);
+        let (events, _) = broadcast::channel(1024);
+        let listener = tokio::spawn(listen(
+            pool.clone(),
+            settings.channel.clone(),
+            events.clone(),
+            true,
+        ));
+        PostgresStore {
+            pool,
+            channel: settings.channel,
+            events,
+            listener,
+        }
+    }
+
+    async fn start(pool: PgPool, channel: String) -> Result<PostgresStore, StoreError> {
+        let (events, _) = broadcast::channel(1024);
+        // Subscribe before returning, so no change after `connect` is missed.
+        let mut listener = PgListener::connect_with(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        listener
+            .listen(&channel)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let task = tokio::spawn(forward(listener, events.clone()));
+        Ok(PostgresStore {
+            pool,
+            channel,
+            events,
+            listener: task,
+        })
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Lazily connected stores migrate and subscribe once the database answers.
+async fn listen(pool: PgPool, channel: String, events: broadcast::Sender<KeyEvent>, migrate: bool) {
+    loop {
+        let ready = async {
+            if migrate {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let mut listener = PgListener::connect_with(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            listener.listen(&channel).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(listener)
+        };
+        match ready.await {
+            Ok(listener) => {
+                let _ = events.send(KeyEvent::Flush);
+                return forward(listener, events).await;
+            }
+            Err(why) => {
+                tracing::debug!(%why, "PostgreSQL not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Forwards notifications as [`KeyEvent`]s. When the connection drops, the
+/// listener reconnects and re-subscribes; anything announced meanwhile is
+/// unknown, so caches are told to forget everything.
+async fn forward(mut listener: PgListener, events: broadcast::Sender<KeyEvent>) {
+    let mut broken = false;
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                if broken {
+                    broken = false;
+                    let _ = events.send(KeyEvent::Flush);
+                }
+                let _ = events.send(KeyEvent::Changed(n.payload().to_string()));
+            }
+            // Lost and re-established (eager reconnect).
+            Ok(None) => {
+                broken = false;
+                let _ = events.send(KeyEvent::Flush);
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(why) => {
+                tracing::warn!(%why, "lost the PostgreSQL change feed; reconnecting");
+                broken = true;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Reconnect now rather than at the next notification.
+                if (&mut listener).execute("SELECT 1").await.is_ok() {
+                    broken = false;
+                    let _ = events.send(KeyEvent::Flush);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    async fn insert(&self, new: NewKey) -> Result<MachineKey, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // Serializes inserts for one user across all processes, so two
+        // organizations cannot both win the binding check.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7523))")
+            .bind(&new.user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let owner: Option<String> = sqlx::query_scalar(
+            "SELECT resource_owner FROM machine_keys WHERE user_id = $1 LIMIT 1",
+        )
+        .bind(&new.user_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if let Some(owner) = owner
+            && owner != new.resource_owner
+        {
+            return Err(StoreError::UserInOtherOrg(owner));
+        }
+        let created = to_millis(new.created_at);
+        let sequence: i64 = sqlx::query_scalar(
+            "INSERT INTO machine_keys (id, user_id, resource_owner, key_type, public_key, expiration_ms, sequence, created_ms, changed_ms) \
+             VALUES ($1, $2, $3, 1, $4, $5, nextval('key_event_sequence'), $6, $6) RETURNING sequence",
+        )
+        .bind(&new.id)
+        .bind(&new.user_id)
+        .bind(&new.resource_owner)
+        .bind(new.public_key.spki_der())
+        .bind(to_millis(new.expiration_date))
+        .bind(created)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(&new.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        row_to_key(
+            new.id,
+            new.user_id,
+            new.resource_owner,
+            new.public_key.spki_der(),
+            to_millis(new.expiration_date),
+            sequence,
+            created,
+            created,
+        )
+    }
+
+    async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms \
+             FROM machine_keys WHERE id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(to_key).transpose()
+    }
+
+    async fn list(
+        &self,
+        user_id: &str,
+        org_id: &str,
+        query: ListQuery,
+    ) -> Result<KeyPage, StoreError> {
+        let sql = if query.asc {
+            "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms, \
+             COUNT(*) OVER () AS total FROM machine_keys WHERE user_id = $1 AND resource_owner = $2 \
+             ORDER BY sequence ASC LIMIT $3 OFFSET $4"
+        } else {
+            "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms, \
+             COUNT(*) OVER () AS total FROM machine_keys WHERE user_id = $1 AND resource_owner = $2 \
+             ORDER BY sequence DESC LIMIT $3 OFFSET $4"
+        };
+        let rows = sqlx::query(sql)
+            .bind(user_id)
+            .bind(org_id)
+            .bind(i64::from(query.limit))
+            .bind(i64::try_from(query.offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let total = match rows.first() {
+            Some(row) => row
+                .try_get::<i64, _>("total")
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            // An empty page says nothing about the total (offset past the
+            // end, or limit 0): count.
+            None => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM machine_keys WHERE user_id = $1 AND resource_owner = $2",
+            )
+            .bind(user_id)
+            .bind(org_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?,
+        };
+        let keys = rows.iter().map(to_key).collect::<Result<Vec<_>, _>>()?;
+        Ok(KeyPage {
+            total: u64::try_from(total).unwrap_or_default(),
+            keys,
+        })
+    }
+
+    async fn remove(
+        &self,
+        key_id: &str,
+        _at: DateTime<Utc>,
+    ) -> Result<Option<Removed>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let owner: Option<String> =
+            sqlx::query_scalar("DELETE FROM machine_keys WHERE id = $1 RETURNING resource_owner")
+                .bind(key_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let Some(resource_owner) = owner else {
+            return Ok(None);
+        };
+        let sequence: i64 = sqlx::query_scalar("SELECT nextval('key_event_sequence')")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        // Delivered to every listener when the transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(Removed {
+            sequence: u64::try_from(sequence).unwrap_or_default(),
+            resource_owner,
+        }))
+    }
+
+    async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
+        let id: i64 = sqlx::query_scalar("SELECT nextval('key_ids')")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(Some(id.to_string()))
+    }
+
+    fn events(&self) -> Option<broadcast::Receiver<KeyEvent>> {
+        Some(self.events.subscribe())
+    }
+}
