@@ -171,3 +171,177 @@ fn bad_settings_exit_2_with_a_message() {
         assert!(stderr.contains(expect), "{env:?}: {stderr}");
     }
 }
+
+fn signer_from(path: &Path) -> jwt_profile::AssertionSigner {
+    let file = jwt_profile::KeyFile::load(path).expect("key file");
+    jwt_profile::AssertionSigner::from_key_file(&file).expect("signer")
+}
+
+/// Creates a key for `user` through the server's API (as admin) and returns
+/// a signer for it.
+async fn create_machine(
+    http: &Http,
+    admin: &jwt_profile::AssertionSigner,
+    aud: &str,
+    user: &str,
+) -> jwt_profile::AssertionSigner {
+    let token = admin.sign(aud).expect("sign");
+    let res = http
+        .call(
+            Method::POST,
+            &format!("/users/{user}/keys"),
+            &token,
+            &[],
+            "{}",
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
+    let file = STANDARD
+        .decode(res.json()["keyDetails"].as_str().expect("keyDetails"))
+        .expect("b64");
+    jwt_profile::AssertionSigner::from_key_file(
+        &jwt_profile::KeyFile::from_json(&file).expect("file"),
+    )
+    .expect("signer")
+}
+
+async fn whoami_status(
+    http: &Http,
+    signer: &jwt_profile::AssertionSigner,
+    aud: &str,
+) -> StatusCode {
+    http.call(
+        Method::GET,
+        "/whoami",
+        &signer.sign(aud).expect("sign"),
+        &[],
+        "",
+    )
+    .await
+    .status
+}
+
+#[tokio::test]
+async fn sqlite_is_the_default_and_keys_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let aud = "https://api.test";
+    let env = [("JWT_PROFILE_AUDIENCE", aud)];
+    let first = start(dir.path(), &env);
+    assert!(
+        dir.path().join("jwt-profile.db").exists(),
+        "the default store is sqlite://jwt-profile.db"
+    );
+    let admin = signer_from(&dir.path().join("admin-key.json"));
+    let http = Http::new(first.addr.parse().expect("addr"));
+    let bot = create_machine(&http, &admin, aud, "ci-bot").await;
+    assert_eq!(whoami_status(&http, &bot, aud).await, StatusCode::OK);
+    drop(first); // SIGKILL: no clean shutdown
+
+    let key_file_before = std::fs::read(dir.path().join("admin-key.json")).expect("read");
+    let second = start(dir.path(), &env);
+    let http = Http::new(second.addr.parse().expect("addr"));
+    assert_eq!(
+        whoami_status(&http, &bot, aud).await,
+        StatusCode::OK,
+        "machine key survived"
+    );
+    assert_eq!(
+        whoami_status(&http, &admin, aud).await,
+        StatusCode::OK,
+        "admin key survived"
+    );
+    let key_file_after = std::fs::read(dir.path().join("admin-key.json")).expect("read");
+    assert_eq!(
+        key_file_before, key_file_after,
+        "a valid admin key is not replaced"
+    );
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_postgres_database() {
+    let Some((schema, _)) = common::backends::postgres_schema().await else {
+        return;
+    };
+    let url = format!(
+        "{}?options=-c%20search_path%3D{schema}",
+        common::backends::postgres_url()
+    );
+    let aud = "https://api.test";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("JWT_PROFILE_STORE", url.as_str()),
+        ("JWT_PROFILE_AUDIENCE", aud),
+    ];
+    let a = start(dir.path(), &env);
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let b = start(b_dir.path(), &env);
+    assert!(
+        !b_dir.path().join("admin-key.json").exists(),
+        "B found the admin key A created"
+    );
+    let admin = signer_from(&dir.path().join("admin-key.json"));
+    let (http_a, http_b) = (
+        Http::new(a.addr.parse().expect("a")),
+        Http::new(b.addr.parse().expect("b")),
+    );
+
+    let bot = create_machine(&http_a, &admin, aud, "ci-bot").await;
+    assert_eq!(
+        whoami_status(&http_b, &bot, aud).await,
+        StatusCode::OK,
+        "B sees A's new key at once"
+    );
+
+    let path = format!("/users/ci-bot/keys/{}", bot.key_id());
+    let removed = http_a
+        .call(
+            Method::DELETE,
+            &path,
+            &admin.sign(aud).expect("sign"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    let mut refused = false;
+    while started.elapsed() < std::time::Duration::from_secs(1) {
+        if whoami_status(&http_b, &bot, aud).await == StatusCode::UNAUTHORIZED {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "B still accepted the removed key after 1 s");
+
+    let kept = create_machine(&http_b, &admin, aud, "kept").await;
+    drop(a);
+    drop(b);
+    let again = start(dir.path(), &env);
+    let http = Http::new(again.addr.parse().expect("addr"));
+    assert_eq!(
+        whoami_status(&http, &kept, aud).await,
+        StatusCode::OK,
+        "keys survive a restart on PostgreSQL"
+    );
+    drop(again);
+    common::backends::drop_schema(&schema).await;
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn unreachable_postgres_is_a_message_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(example("server"))
+        .current_dir(dir.path())
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
+        .env("JWT_PROFILE_STORE", "postgres://postgres@127.0.0.1:1/test")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the PostgreSQL store"),
+        "{stderr}"
+    );
+}
