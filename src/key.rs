@@ -447,6 +447,7 @@ pub struct MachineKey {
 pub struct VerifyingKey {
     key: MachineKey,
     parsed: [std::sync::OnceLock<Option<ParsedPublicKey>>; 9],
+    stale: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for VerifyingKey {
@@ -464,6 +465,7 @@ impl VerifyingKey {
         let vk = VerifyingKey {
             key,
             parsed: Default::default(),
+            stale: std::sync::atomic::AtomicBool::new(false),
         };
         let default = vk.key.public_key.kind().default_algorithm();
         let _ = vk.parsed_for(default);
@@ -473,6 +475,17 @@ impl VerifyingKey {
     /// The stored key.
     pub fn key(&self) -> &MachineKey {
         &self.key
+    }
+
+    /// Marks this copy as no longer current (the key was removed or the
+    /// cache dropped it). Anything holding it must look the key up again.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`mark_stale`](Self::mark_stale) was called.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn parsed_for(&self, alg: Algorithm) -> Option<&ParsedPublicKey> {

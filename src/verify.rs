@@ -32,11 +32,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use moka::Expiry;
+use moka::future::Cache;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Code, Error};
-use crate::key::Algorithm;
+use crate::key::{Algorithm, VerifyingKey};
 use crate::principal::Principal;
 use crate::store::{KeyLookup, StoreError};
 
@@ -268,6 +270,41 @@ struct Inner {
     keys: Arc<dyn KeyLookup>,
     validation: Validation,
     clock: Arc<dyn Clock>,
+    checked: Option<Cache<String, Arc<CheckedAssertion>>>,
+}
+
+/// An assertion whose form, key and signature were verified; its time
+/// claims are checked again on every use.
+struct CheckedAssertion {
+    key: Arc<VerifyingKey>,
+    principal: Principal,
+    exp: f64,
+    iat: f64,
+    nbf: Option<f64>,
+    lifetime: Duration,
+}
+
+struct CheckedExpiry;
+
+impl Expiry<String, Arc<CheckedAssertion>> for CheckedExpiry {
+    fn expire_after_create(
+        &self,
+        _token: &String,
+        value: &Arc<CheckedAssertion>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.lifetime)
+    }
+}
+
+/// Default number of checked assertions remembered by a [`Verifier`].
+pub const DEFAULT_ASSERTION_CACHE_ENTRIES: u64 = 10_000;
+
+fn assertion_cache(max_entries: u64) -> Cache<String, Arc<CheckedAssertion>> {
+    Cache::builder()
+        .max_capacity(max_entries)
+        .expire_after(CheckedExpiry)
+        .build()
 }
 
 impl fmt::Debug for Verifier {
@@ -283,7 +320,9 @@ fn malformed(why: &'static str) -> VerifyError {
 }
 
 impl Verifier {
-    /// A verifier over `keys` with `validation`, on the system clock.
+    /// A verifier over `keys` with `validation`, on the system clock, with
+    /// a cache of checked assertions (see
+    /// [`with_assertion_cache`](Self::with_assertion_cache)).
     pub fn new(keys: impl KeyLookup, validation: Validation) -> Verifier {
         if validation.audiences.is_empty() {
             tracing::warn!("jwt-profile verifier has no audience configured: it accepts nothing");
@@ -293,19 +332,51 @@ impl Verifier {
                 keys: Arc::new(keys),
                 validation,
                 clock: Arc::new(SystemClock),
+                checked: Some(assertion_cache(DEFAULT_ASSERTION_CACHE_ENTRIES)),
+            }),
+        }
+    }
+
+    fn rebuild(
+        &self,
+        clock: Arc<dyn Clock>,
+        checked: Option<Cache<String, Arc<CheckedAssertion>>>,
+    ) -> Verifier {
+        Verifier {
+            inner: Arc::new(Inner {
+                keys: self.inner.keys.clone(),
+                validation: self.inner.validation.clone(),
+                clock,
+                checked,
             }),
         }
     }
 
     /// The same verifier reading time from `clock` (for tests).
     pub fn with_clock(self, clock: impl Clock) -> Verifier {
-        Verifier {
-            inner: Arc::new(Inner {
-                keys: self.inner.keys.clone(),
-                validation: self.inner.validation.clone(),
-                clock: Arc::new(clock),
-            }),
-        }
+        let checked = self
+            .inner
+            .checked
+            .as_ref()
+            .map(|c| assertion_cache(c.policy().max_capacity().unwrap_or(0)));
+        self.rebuild(Arc::new(clock), checked)
+    }
+
+    /// Remembers up to `max_entries` assertions whose signature was
+    /// verified (default 10 000), so a machine that reuses one assertion
+    /// for many requests pays for the signature once. Each entry lives no
+    /// longer than the assertion's `exp` (+ leeway) and the key cache's TTL;
+    /// the time claims are checked again on every use, and a key removed
+    /// meanwhile sends the assertion through the full check again.
+    pub fn with_assertion_cache(self, max_entries: u64) -> Verifier {
+        let clock = self.inner.clock.clone();
+        self.rebuild(clock, Some(assertion_cache(max_entries)))
+    }
+
+    /// Checks every assertion in full, every time.
+    pub fn without_assertion_cache(self) -> Verifier {
+        let clock = self.inner.clock.clone();
+        self.rebuild(clock, None)
     }
 
     /// The validation settings.
@@ -320,6 +391,20 @@ impl Verifier {
         // 1. Size, before any decoding.
         if token.len() > v.max_token_bytes {
             return Err(Reason::TooLarge.into());
+        }
+        let now = self.inner.clock.now();
+        let now_secs = now.timestamp_micros() as f64 / 1e6;
+        // A repeat of an assertion checked before: only what can have
+        // changed since is checked again.
+        if let Some(checked) = &self.inner.checked
+            && let Some(hit) = checked.get(token).await
+            && !hit.key.is_stale()
+        {
+            check_times(hit.exp, hit.iat, hit.nbf, v, now_secs)?;
+            if hit.key.key().expiration_date <= now {
+                return Err(Reason::KeyExpired.into());
+            }
+            return Ok(hit.principal.clone());
         }
         // 2. Form: three canonical base64url segments.
         let mut parts = token.splitn(4, '.');
@@ -369,8 +454,6 @@ impl Verifier {
         // 6 (form and values first: cheap, and spares the store and the
         // signature check for tokens that cannot pass anyway).
         let claims = parse_claims(&payload)?;
-        let now = self.inner.clock.now();
-        let now_secs = now.timestamp_micros() as f64 / 1e6;
         let checked = check_claims(&claims, v, now_secs)?;
         // 4. Key: by (iss, kid), never from the token.
         let key = match self.inner.keys.lookup(&kid).await {
@@ -394,13 +477,30 @@ impl Verifier {
         if !key.verify(alg, signing_input, &signature) {
             return Err(Reason::Signature.into());
         }
-        Ok(Principal {
+        let principal = Principal {
             user_id: stored.user_id.clone(),
             org_id: stored.resource_owner.clone(),
             key_id: stored.id.clone(),
             expires_at: to_datetime(checked.exp),
             issued_at: to_datetime(checked.iat),
-        })
+        };
+        if let Some(cache) = &self.inner.checked {
+            let until_exp = (checked.exp + v.leeway - now_secs).max(0.0);
+            let lifetime =
+                Duration::from_secs_f64(until_exp.min(86_400.0)).min(self.inner.keys.ttl());
+            if !lifetime.is_zero() {
+                let entry = CheckedAssertion {
+                    key: key.clone(),
+                    principal: principal.clone(),
+                    exp: checked.exp,
+                    iat: checked.iat,
+                    nbf: checked.nbf,
+                    lifetime,
+                };
+                cache.insert(token.to_owned(), Arc::new(entry)).await;
+            }
+        }
+        Ok(principal)
     }
 }
 
@@ -412,6 +512,7 @@ struct Checked<'a> {
     issuer: &'a str,
     exp: f64,
     iat: f64,
+    nbf: Option<f64>,
 }
 
 fn check_claims<'a>(
@@ -455,6 +556,23 @@ fn check_claims<'a>(
     if !audience_ok {
         return Err(Reason::Audience.into());
     }
+    check_times(exp, iat, nbf, v, now)?;
+    Ok(Checked {
+        issuer: iss,
+        exp,
+        iat,
+        nbf,
+    })
+}
+
+/// The time rules of SPEC §3 item 6, with leeway.
+fn check_times(
+    exp: f64,
+    iat: f64,
+    nbf: Option<f64>,
+    v: &Validation,
+    now: f64,
+) -> Result<(), VerifyError> {
     let l = v.leeway;
     if now >= exp + l {
         return Err(Reason::Expired.into());
@@ -470,11 +588,7 @@ fn check_claims<'a>(
     {
         return Err(Reason::NotYetValid.into());
     }
-    Ok(Checked {
-        issuer: iss,
-        exp,
-        iat,
-    })
+    Ok(())
 }
 
 fn required_str<'a>(

@@ -794,3 +794,97 @@ async fn empty_audience_list_accepts_nothing() {
     let fx = fixture_with(Validation::new(Vec::<String>::new())).await;
     fx.claims_refused(claims("bot"), Reason::Audience).await;
 }
+
+// The cache of checked assertions (on by default).
+
+#[tokio::test]
+async fn a_repeated_assertion_still_has_its_times_checked() {
+    let fx = fixture().await;
+    let t = token(
+        &fx.rsa,
+        &header(&fx.rsa),
+        &with(claims("bot"), json!({"exp": NOW + 120})),
+    );
+    fx.accepts(&t).await;
+    fx.accepts(&t).await;
+    fx.clock.advance_secs(120 + 59);
+    fx.accepts(&t).await;
+    fx.clock.advance_secs(1);
+    fx.refuses(&t, Reason::Expired).await;
+    // iat max age on a long-lived assertion, and nbf, on repeats.
+    let fx = fixture().await;
+    let long = token(
+        &fx.rsa,
+        &header(&fx.rsa),
+        &with(claims("bot"), json!({"exp": NOW + 86_400, "nbf": NOW + 30})),
+    );
+    fx.accepts(&long).await;
+    fx.clock.advance_secs(3660);
+    fx.accepts(&long).await;
+    fx.clock.advance_secs(1);
+    fx.refuses(&long, Reason::TooOld).await;
+    fx.clock
+        .set(chrono::DateTime::from_timestamp(NOW - 31, 0).expect("t"));
+    fx.refuses(&long, Reason::NotYetValid).await;
+}
+
+#[tokio::test]
+async fn a_repeated_assertion_of_a_removed_key_is_refused_at_once() {
+    let fx = fixture().await;
+    let t = token(&fx.rsa, &header(&fx.rsa), &claims("bot"));
+    fx.accepts(&t).await;
+    fx.accepts(&t).await;
+    let admin = Principal::new("admin", "default", "-");
+    fx.keys
+        .remove(&admin, None, "bot", fx.rsa.key_id())
+        .await
+        .expect("remove");
+    fx.refuses(&t, Reason::UnknownKey).await;
+}
+
+#[tokio::test]
+async fn a_repeated_assertion_of_an_expired_key_is_refused() {
+    let fx = fixture().await;
+    let short = generated(&fx.keys, "short", Some(NOW + 10)).await;
+    let t = token(&short, &header(&short), &claims("short"));
+    fx.accepts(&t).await;
+    fx.clock.advance_secs(10);
+    fx.refuses(&t, Reason::KeyExpired).await;
+}
+
+#[tokio::test]
+async fn dropping_a_key_from_the_cache_rechecks_repeated_assertions() {
+    let fx = fixture().await;
+    let t = token(&fx.rsa, &header(&fx.rsa), &claims("bot"));
+    fx.accepts(&t).await;
+    // Invalidation (as a PostgreSQL change notice does) sends the next
+    // repeat through the full check, which finds the key still there.
+    fx.store.invalidate(fx.rsa.key_id()).await;
+    fx.accepts(&t).await;
+}
+
+#[tokio::test]
+async fn the_assertion_cache_can_be_turned_off() {
+    let fx = fixture().await;
+    let verifier = fx.verifier.clone().without_assertion_cache();
+    let t = token(&fx.rsa, &header(&fx.rsa), &claims("bot"));
+    assert!(verifier.verify(&t).await.is_ok());
+    assert!(verifier.verify(&t).await.is_ok());
+    let admin = Principal::new("admin", "default", "-");
+    fx.keys
+        .remove(&admin, None, "bot", fx.rsa.key_id())
+        .await
+        .expect("remove");
+    assert_eq!(
+        verifier.verify(&t).await.err(),
+        Some(VerifyError::Invalid(Reason::UnknownKey))
+    );
+    // A near-copy of an accepted token is its own token: checked in full.
+    let fx = fixture().await;
+    let t = token(&fx.rsa, &header(&fx.rsa), &claims("bot"));
+    fx.accepts(&t).await;
+    let mut tampered = t.clone();
+    tampered.pop();
+    tampered.push(if t.ends_with('A') { 'B' } else { 'A' });
+    assert!(fx.verifier.verify(&tampered).await.is_err());
+}

@@ -16,6 +16,12 @@ use crate::key::{MachineKey, VerifyingKey};
 pub trait KeyLookup: Send + Sync + 'static {
     /// The key with this id (whoever owns it), or `None`.
     async fn lookup(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError>;
+
+    /// How long a found key may be used without asking the store again;
+    /// bounds how long the verifier trusts an assertion it checked before.
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(60)
+    }
 }
 
 /// Settings of a [`CachedStore`].
@@ -74,6 +80,7 @@ impl Expiry<String, Entry> for EntryExpiry {
 pub struct CachedStore {
     store: Arc<dyn KeyStore>,
     cache: Cache<String, Entry>,
+    ttl: Duration,
 }
 
 impl std::fmt::Debug for CachedStore {
@@ -105,7 +112,13 @@ impl CachedStore {
         CachedStore {
             store: Arc::new(store),
             cache,
+            ttl: settings.ttl,
         }
+    }
+
+    /// How long a found key is served from the cache.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// The store behind the cache.
@@ -153,6 +166,10 @@ impl KeyLookup for CachedStore {
             CompResult::Removed(_) | CompResult::StillNone(_) => None,
         })
     }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
 }
 
 impl CachedStore {
@@ -165,8 +182,24 @@ impl CachedStore {
 async fn forget(cache: &Cache<String, Entry>, key_id: &str) {
     cache
         .entry_by_ref(key_id)
-        .and_compute_with(|_| async { Op::Remove })
+        .and_compute_with(|existing| async move {
+            // Whoever still holds this copy (the verifier's cache of checked
+            // assertions) must look the key up again.
+            if let Some(Some(key)) = existing.as_ref().map(|e| e.value()) {
+                key.mark_stale();
+            }
+            Op::Remove
+        })
         .await;
+}
+
+fn forget_all(cache: &Cache<String, Entry>) {
+    for (_, entry) in cache.iter() {
+        if let Some(key) = entry {
+            key.mark_stale();
+        }
+    }
+    cache.invalidate_all();
 }
 
 /// Applies changes announced by other processes to the cache, until the
@@ -183,7 +216,7 @@ fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, cache: Cache<S
         loop {
             match events.recv().await {
                 Ok(KeyEvent::Changed(key_id)) => forget(&cache, &key_id).await,
-                Ok(KeyEvent::Flush) | Err(RecvError::Lagged(_)) => cache.invalidate_all(),
+                Ok(KeyEvent::Flush) | Err(RecvError::Lagged(_)) => forget_all(&cache),
                 Err(RecvError::Closed) => return,
             }
         }
