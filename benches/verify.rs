@@ -1,0 +1,199 @@
+//! The cost of validation, side by side with its floor, in one run.
+//!
+//! `cargo bench --bench verify`
+//!
+//! For each algorithm the floor is aws-lc verifying the same signing input
+//! with an already-parsed public key; `*_fresh` is our `Verifier` on a
+//! fresh assertion (the repeat cache off) whose key is in the key cache.
+//! `jsonwebtoken_reference` is `jsonwebtoken::decode` (the path peer crates
+//! take) on the same RS256 token; `rs256_repeat` is a repeated assertion
+//! served by the cache of checked assertions. Signing and key generation are
+//! measured the same way. After criterion's output, one line per ratio:
+//! `ratio <name> <median ÷ baseline median>`.
+
+use std::path::PathBuf;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey, RsaKeyPair};
+use criterion::{BatchSize, Criterion};
+use jwt_profile::service::CreateKey;
+use jwt_profile::store::{CachedStore, MemoryStore};
+use jwt_profile::{AssertionSigner, KeyService, Principal, Validation, Verifier};
+
+const AUD: &str = "https://api.example.com";
+
+fn pem(label: &str, der: &[u8]) -> String {
+    rsa::pkcs1::der::pem::encode_string(label, rsa::pkcs1::LineEnding::LF, der).expect("pem")
+}
+
+fn signing_input_and_signature(token: &str) -> (Vec<u8>, Vec<u8>) {
+    use base64::Engine;
+    let dot = token.rfind('.').expect("dot");
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token[dot + 1..]).expect("sig");
+    (token.as_bytes()[..dot].to_vec(), sig)
+}
+
+struct Case {
+    name: &'static str,
+    token: String,
+    floor_key: ParsedPublicKey,
+}
+
+fn setup(rt: &tokio::runtime::Runtime) -> (Verifier, Verifier, Vec<Case>, AssertionSigner) {
+    let store = CachedStore::new(MemoryStore::new());
+    let keys = KeyService::new(store.clone());
+    let me = Principal::new("bench", "org", "-");
+    let now = chrono::Utc::now().timestamp() as u64;
+    let mut cases = Vec::new();
+
+    // RS256: a server-generated key, as machines get them.
+    let created = rt.block_on(keys.create(&me, None, "bench", CreateKey::default())).expect("create");
+    let rs = AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer");
+    let spki = created.key.public_key.spki_der().to_vec();
+    cases.push(Case {
+        name: "rs256",
+        token: rs.sign_at(AUD, now, now + 3600).expect("sign"),
+        floor_key: ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &spki).expect("parse"),
+    });
+
+    let own = |name: &'static str, public: Vec<u8>, private: Vec<u8>, alg: &'static dyn signature::VerificationAlgorithm| {
+        let request = CreateKey { public_key: Some(pem("PUBLIC KEY", &public).into_bytes()), ..Default::default() };
+        let created = rt.block_on(keys.create(&me, None, "bench", request)).expect("create");
+        let signer = AssertionSigner::from_pem("bench", &created.key.id, pem("PRIVATE KEY", &private).as_bytes()).expect("signer");
+        Case {
+            name,
+            token: signer.sign_at(AUD, now, now + 3600).expect("sign"),
+            floor_key: ParsedPublicKey::new(alg, &public).expect("parse"),
+        }
+    };
+    let p256 = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("p256");
+    cases.push(own(
+        "es256",
+        p256.public_key().as_der().expect("der").as_ref().to_vec(),
+        p256.to_pkcs8v1().expect("pkcs8").as_ref().to_vec(),
+        &signature::ECDSA_P256_SHA256_FIXED,
+    ));
+    let ed = Ed25519KeyPair::generate().expect("ed");
+    cases.push(own(
+        "eddsa",
+        ed.public_key().as_der().expect("der").as_ref().to_vec(),
+        ed.to_pkcs8().expect("pkcs8").as_ref().to_vec(),
+        &signature::ED25519,
+    ));
+
+    let with_repeats = Verifier::new(store.clone(), Validation::new([AUD]));
+    let fresh_only = with_repeats.clone().without_assertion_cache();
+    // Warm the key cache (keys parsed once, on first use).
+    for case in &cases {
+        rt.block_on(fresh_only.verify(&case.token)).expect("valid");
+    }
+    (fresh_only, with_repeats, cases, rs)
+}
+
+fn bench_verify(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let (fresh_only, with_repeats, cases, rs_signer) = setup(rt);
+    let mut group = c.benchmark_group("verify");
+    for case in &cases {
+        let (input, sig) = signing_input_and_signature(&case.token);
+        group.bench_function(format!("{}_floor", case.name), |b| {
+            b.iter(|| case.floor_key.verify_sig(std::hint::black_box(&input), &sig).expect("valid"))
+        });
+        group.bench_function(format!("{}_fresh", case.name), |b| {
+            b.iter(|| rt.block_on(fresh_only.verify(std::hint::black_box(&case.token))).expect("valid"))
+        });
+    }
+    let rs = &cases[0];
+    rt.block_on(with_repeats.verify(&rs.token)).expect("valid");
+    group.bench_function("rs256_repeat", |b| {
+        b.iter(|| rt.block_on(with_repeats.verify(std::hint::black_box(&rs.token))).expect("valid"))
+    });
+
+    // The reference peer path: jsonwebtoken::decode with the aws-lc backend.
+    let spki = rs.floor_key.as_der().expect("der");
+    let pkcs1 = {
+        use rsa::pkcs1::der::Decode;
+        let info = rsa::pkcs8::spki::SubjectPublicKeyInfoRef::from_der(spki.as_ref()).expect("spki");
+        info.subject_public_key.raw_bytes().to_vec()
+    };
+    let decoding = jsonwebtoken::DecodingKey::from_rsa_der(&pkcs1);
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[AUD]);
+    validation.set_issuer(&["bench"]);
+    validation.set_required_spec_claims(&["exp", "iat", "aud", "iss", "sub"]);
+    jsonwebtoken::decode::<serde_json::Value>(&rs.token, &decoding, &validation).expect("jsonwebtoken accepts");
+    group.bench_function("jsonwebtoken_reference", |b| {
+        b.iter(|| jsonwebtoken::decode::<serde_json::Value>(std::hint::black_box(&rs.token), &decoding, &validation).expect("valid"))
+    });
+    group.finish();
+
+    // Machine-side signing: our signer (key parsed once) against a raw
+    // aws-lc RS256 signature over a signing input of the same size.
+    let mut group = c.benchmark_group("sign");
+    let now = chrono::Utc::now().timestamp() as u64;
+    group.bench_function("rs256_signer", |b| b.iter(|| rs_signer.sign_at(AUD, now, now + 3600).expect("sign")));
+    let raw = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
+    let rng = SystemRandom::new();
+    let (input, _) = signing_input_and_signature(&rs.token);
+    let mut out = vec![0u8; raw.public_modulus_len()];
+    group.bench_function("rs256_raw", |b| {
+        b.iter(|| raw.sign(&signature::RSA_PKCS1_SHA256, &rng, std::hint::black_box(&input), &mut out).expect("sign"))
+    });
+    group.finish();
+
+    // Key generation: aws-lc (what the key service uses) against the rsa crate.
+    let mut group = c.benchmark_group("keygen");
+    group.sample_size(10);
+    group.bench_function("rsa2048_aws_lc", |b| {
+        b.iter_batched(|| (), |()| jwt_profile::key::generate_rsa_key_pair().expect("key"), BatchSize::PerIteration)
+    });
+    group.bench_function("rsa2048_rsa_crate", |b| {
+        b.iter_batched(
+            || (),
+            |()| rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("key"),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+fn criterion_dir() -> PathBuf {
+    if let Ok(home) = std::env::var("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_string());
+    PathBuf::from(target).join("criterion")
+}
+
+fn median_ns(group: &str, name: &str) -> Option<f64> {
+    let path = criterion_dir().join(group).join(name).join("new").join("estimates.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn print_ratios() {
+    let ratios = [
+        ("rs256_fresh", ("verify", "rs256_fresh"), ("verify", "rs256_floor")),
+        ("es256_fresh", ("verify", "es256_fresh"), ("verify", "es256_floor")),
+        ("eddsa_fresh", ("verify", "eddsa_fresh"), ("verify", "eddsa_floor")),
+        ("jsonwebtoken_reference", ("verify", "jsonwebtoken_reference"), ("verify", "rs256_floor")),
+        ("repeat_vs_floor", ("verify", "rs256_repeat"), ("verify", "rs256_floor")),
+        ("sign_vs_raw", ("sign", "rs256_signer"), ("sign", "rs256_raw")),
+        ("keygen_aws_lc_vs_rsa_crate", ("keygen", "rsa2048_aws_lc"), ("keygen", "rsa2048_rsa_crate")),
+    ];
+    println!();
+    for (label, (g1, n1), (g2, n2)) in ratios {
+        match (median_ns(g1, n1), median_ns(g2, n2)) {
+            (Some(a), Some(b)) => println!("ratio {label} {:.2}   ({n1} {:.2} µs / {n2} {:.2} µs)", a / b, a / 1000.0, b / 1000.0),
+            _ => println!("ratio {label} n/a (not measured in this run)"),
+        }
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut c = Criterion::default().configure_from_args();
+    bench_verify(&mut c, &rt);
+    c.final_summary();
+    print_ratios();
+}
