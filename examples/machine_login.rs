@@ -2,14 +2,15 @@
 //!
 //! ```text
 //! cargo run --example machine_login -- KEY_FILE [URL]
-//! cargo run --example machine_login -- --print-token KEY_FILE [URL]
+//! cargo run --example machine_login -- --print-token [--count N] KEY_FILE [URL]
 //! ```
 //!
 //! `URL` defaults to `http://127.0.0.1:8080/whoami`; the assertion's audience
 //! defaults to the URL's origin (`http://127.0.0.1:8080`), which is what the
 //! example server accepts. `--audience AUD` overrides it. `--print-token`
 //! prints the assertion (for `curl -H "Authorization: Bearer …"`) instead of
-//! calling the URL.
+//! calling the URL; with `--count N` it prints N distinct assertions, one
+//! per line (each with its own `jti`), for load tests.
 
 use std::process::ExitCode;
 
@@ -19,7 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jwt_profile::{AssertionSigner, KeyFile};
 
-const USAGE: &str = "usage: machine_login [--print-token] [--audience AUD] KEY_FILE [URL]";
+const USAGE: &str =
+    "usage: machine_login [--print-token [--count N]] [--audience AUD] KEY_FILE [URL]";
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("machine_login: {message}");
@@ -30,11 +32,16 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 async fn main() -> ExitCode {
     let mut print_token = false;
     let mut audience = None;
+    let mut count: u64 = 1;
     let mut positional = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--print-token" => print_token = true,
+            "--count" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) => count = n,
+                None => return fail(USAGE),
+            },
             "--audience" => match args.next() {
                 Some(a) => audience = Some(a),
                 None => return fail(USAGE),
@@ -71,7 +78,25 @@ async fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     if print_token {
-        println!("{token}");
+        if count == 1 {
+            println!("{token}");
+            return ExitCode::SUCCESS;
+        }
+        let now = chrono::Utc::now().timestamp();
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for i in 0..count {
+            let claims = serde_json::json!({
+                "iss": signer.user_id(), "sub": signer.user_id(), "aud": audience,
+                "iat": now, "exp": now + 3600, "jti": format!("{now}-{i}"),
+            });
+            match signer.sign_claims(&claims) {
+                Ok(t) => {
+                    use std::io::Write;
+                    let _ = writeln!(out, "{t}");
+                }
+                Err(e) => return fail(e),
+            }
+        }
         return ExitCode::SUCCESS;
     }
 

@@ -9,6 +9,7 @@
 //! | `JWT_PROFILE_ADMIN_USER` | `admin` |
 //! | `JWT_PROFILE_ORG` | `default` |
 //! | `JWT_PROFILE_ADMIN_KEY_FILE` | `admin-key.json` |
+//! | `JWT_PROFILE_ASSERTION_CACHE` | `on` (`off`: check every assertion in full) |
 //!
 //! Run it with `cargo run --example server`.
 
@@ -176,6 +177,11 @@ async fn main() -> ExitCode {
     }
 
     let verifier = Verifier::new(store, Validation::new(audiences.clone()));
+    let verifier = match setting("JWT_PROFILE_ASSERTION_CACHE", "on").as_str() {
+        "on" => verifier,
+        "off" => verifier.without_assertion_cache(),
+        other => return fail(format!("JWT_PROFILE_ASSERTION_CACHE={other:?}: use on or off")),
+    };
     let protected = Router::new()
         .route("/whoami", get(whoami))
         .merge(KeyApi::new(keys).router())

@@ -416,16 +416,16 @@ impl Verifier {
         if h64.is_empty() || p64.is_empty() || s64.is_empty() {
             return Err(malformed("empty token segment"));
         }
-        let header = URL_SAFE_NO_PAD
-            .decode(h64)
-            .map_err(|_| malformed("header is not canonical base64url"))?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(p64)
-            .map_err(|_| malformed("payload is not canonical base64url"))?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(s64)
-            .map_err(|_| malformed("signature is not canonical base64url"))?;
-        let header = parse_header(&header)?;
+        // Decoded on the stack when they fit (they nearly always do).
+        let (mut header_buf, mut payload_buf, mut signature_buf) = ([0u8; 512], [0u8; 2048], [0u8; 1024]);
+        let (mut header_heap, mut payload_heap, mut signature_heap) = (Vec::new(), Vec::new(), Vec::new());
+        let header = decode_segment(h64, &mut header_buf, &mut header_heap)
+            .ok_or_else(|| malformed("header is not canonical base64url"))?;
+        let payload = decode_segment(p64, &mut payload_buf, &mut payload_heap)
+            .ok_or_else(|| malformed("payload is not canonical base64url"))?;
+        let signature = decode_segment(s64, &mut signature_buf, &mut signature_heap)
+            .ok_or_else(|| malformed("signature is not canonical base64url"))?;
+        let header = parse_header(header)?;
         // 3. Header.
         if header.crit {
             return Err(Reason::Crit.into());
@@ -453,7 +453,7 @@ impl Verifier {
         };
         // 6 (form and values first: cheap, and spares the store and the
         // signature check for tokens that cannot pass anyway).
-        let claims = parse_claims(&payload)?;
+        let claims = parse_claims(payload)?;
         let checked = check_claims(&claims, v, now_secs)?;
         // 4. Key: by (iss, kid), never from the token.
         let key = match self.inner.keys.lookup(&kid).await {
@@ -474,7 +474,7 @@ impl Verifier {
         }
         // 5. Signature over "header.payload", exactly as received.
         let signing_input = &token.as_bytes()[..h64.len() + 1 + p64.len()];
-        if !key.verify(alg, signing_input, &signature) {
+        if !key.verify(alg, signing_input, signature) {
             return Err(Reason::Signature.into());
         }
         let principal = Principal {
@@ -501,6 +501,18 @@ impl Verifier {
             }
         }
         Ok(principal)
+    }
+}
+
+/// Decodes one canonical base64url segment into `stack` when it fits, else
+/// into `heap`; `None` when it is not canonical base64url.
+fn decode_segment<'b>(segment: &str, stack: &'b mut [u8], heap: &'b mut Vec<u8>) -> Option<&'b [u8]> {
+    if base64::decoded_len_estimate(segment.len()) <= stack.len() {
+        let n = URL_SAFE_NO_PAD.decode_slice(segment, stack).ok()?;
+        Some(&stack[..n])
+    } else {
+        *heap = URL_SAFE_NO_PAD.decode(segment).ok()?;
+        Some(heap)
     }
 }
 
@@ -697,18 +709,21 @@ fn parse_claims(bytes: &[u8]) -> Result<RawClaims<'_>, VerifyError> {
 /// Tracks member names seen in one object.
 #[derive(Default)]
 struct Seen<'a> {
-    few: Vec<Cow<'a, str>>,
+    /// The first names, on the stack: objects in real tokens are small.
+    few: [Cow<'a, str>; 16],
+    len: usize,
     many: HashSet<Cow<'a, str>>,
 }
 
 impl<'a> Seen<'a> {
     /// Records `name`; false when it was seen before.
     fn insert(&mut self, name: Cow<'a, str>) -> bool {
-        if self.few.contains(&name) || self.many.contains(&name) {
+        if self.few[..self.len].contains(&name) || self.many.contains(&name) {
             return false;
         }
-        if self.few.len() < 16 {
-            self.few.push(name);
+        if self.len < self.few.len() {
+            self.few[self.len] = name;
+            self.len += 1;
         } else {
             self.many.insert(name);
         }
