@@ -17,7 +17,9 @@ use std::task::{Context, Poll, Waker};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey, RsaKeyPair};
+use aws_lc_rs::signature::{
+    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey, RsaKeyPair,
+};
 use criterion::{BatchSize, Criterion};
 use jwt_profile::service::CreateKey;
 use jwt_profile::store::{CachedStore, MemoryStore};
@@ -32,7 +34,9 @@ fn pem(label: &str, der: &[u8]) -> String {
 fn signing_input_and_signature(token: &str) -> (Vec<u8>, Vec<u8>) {
     use base64::Engine;
     let dot = token.rfind('.').expect("dot");
-    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token[dot + 1..]).expect("sig");
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&token[dot + 1..])
+        .expect("sig");
     (token.as_bytes()[..dot].to_vec(), sig)
 }
 
@@ -50,19 +54,35 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Verifier, Verifier, Vec<Case>, Assert
     let mut cases = Vec::new();
 
     // RS256: a server-generated key, as machines get them.
-    let created = rt.block_on(keys.create(&me, None, "bench", CreateKey::default())).expect("create");
+    let created = rt
+        .block_on(keys.create(&me, None, "bench", CreateKey::default()))
+        .expect("create");
     let rs = AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer");
     let spki = created.key.public_key.spki_der().to_vec();
     cases.push(Case {
         name: "rs256",
         token: rs.sign_at(AUD, now, now + 3600).expect("sign"),
-        floor_key: ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &spki).expect("parse"),
+        floor_key: ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &spki)
+            .expect("parse"),
     });
 
-    let own = |name: &'static str, public: Vec<u8>, private: Vec<u8>, alg: &'static dyn signature::VerificationAlgorithm| {
-        let request = CreateKey { public_key: Some(pem("PUBLIC KEY", &public).into_bytes()), ..Default::default() };
-        let created = rt.block_on(keys.create(&me, None, "bench", request)).expect("create");
-        let signer = AssertionSigner::from_pem("bench", &created.key.id, pem("PRIVATE KEY", &private).as_bytes()).expect("signer");
+    let own = |name: &'static str,
+               public: Vec<u8>,
+               private: Vec<u8>,
+               alg: &'static dyn signature::VerificationAlgorithm| {
+        let request = CreateKey {
+            public_key: Some(pem("PUBLIC KEY", &public).into_bytes()),
+            ..Default::default()
+        };
+        let created = rt
+            .block_on(keys.create(&me, None, "bench", request))
+            .expect("create");
+        let signer = AssertionSigner::from_pem(
+            "bench",
+            &created.key.id,
+            pem("PRIVATE KEY", &private).as_bytes(),
+        )
+        .expect("signer");
         Case {
             name,
             token: signer.sign_at(AUD, now, now + 3600).expect("sign"),
@@ -99,7 +119,11 @@ fn bench_verify(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     for case in &cases {
         let (input, sig) = signing_input_and_signature(&case.token);
         group.bench_function(format!("{}_floor", case.name), |b| {
-            b.iter(|| case.floor_key.verify_sig(std::hint::black_box(&input), &sig).expect("valid"))
+            b.iter(|| {
+                case.floor_key
+                    .verify_sig(std::hint::black_box(&input), &sig)
+                    .expect("valid")
+            })
         });
         group.bench_function(format!("{}_fresh", case.name), |b| {
             b.iter(|| run(rt, fresh_only.verify(std::hint::black_box(&case.token))).expect("valid"))
@@ -115,7 +139,8 @@ fn bench_verify(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let spki = rs.floor_key.as_der().expect("der");
     let pkcs1 = {
         use rsa::pkcs1::der::Decode;
-        let info = rsa::pkcs8::spki::SubjectPublicKeyInfoRef::from_der(spki.as_ref()).expect("spki");
+        let info =
+            rsa::pkcs8::spki::SubjectPublicKeyInfoRef::from_der(spki.as_ref()).expect("spki");
         info.subject_public_key.raw_bytes().to_vec()
     };
     let decoding = jsonwebtoken::DecodingKey::from_rsa_der(&pkcs1);
@@ -123,9 +148,17 @@ fn bench_verify(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     validation.set_audience(&[AUD]);
     validation.set_issuer(&["bench"]);
     validation.set_required_spec_claims(&["exp", "iat", "aud", "iss", "sub"]);
-    jsonwebtoken::decode::<serde_json::Value>(&rs.token, &decoding, &validation).expect("jsonwebtoken accepts");
+    jsonwebtoken::decode::<serde_json::Value>(&rs.token, &decoding, &validation)
+        .expect("jsonwebtoken accepts");
     group.bench_function("jsonwebtoken_reference", |b| {
-        b.iter(|| jsonwebtoken::decode::<serde_json::Value>(std::hint::black_box(&rs.token), &decoding, &validation).expect("valid"))
+        b.iter(|| {
+            jsonwebtoken::decode::<serde_json::Value>(
+                std::hint::black_box(&rs.token),
+                &decoding,
+                &validation,
+            )
+            .expect("valid")
+        })
     });
     group.finish();
 
@@ -133,13 +166,23 @@ fn bench_verify(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     // aws-lc RS256 signature over a signing input of the same size.
     let mut group = c.benchmark_group("sign");
     let now = chrono::Utc::now().timestamp() as u64;
-    group.bench_function("rs256_signer", |b| b.iter(|| rs_signer.sign_at(AUD, now, now + 3600).expect("sign")));
+    group.bench_function("rs256_signer", |b| {
+        b.iter(|| rs_signer.sign_at(AUD, now, now + 3600).expect("sign"))
+    });
     let raw = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
     let rng = SystemRandom::new();
     let (input, _) = signing_input_and_signature(&rs.token);
     let mut out = vec![0u8; raw.public_modulus_len()];
     group.bench_function("rs256_raw", |b| {
-        b.iter(|| raw.sign(&signature::RSA_PKCS1_SHA256, &rng, std::hint::black_box(&input), &mut out).expect("sign"))
+        b.iter(|| {
+            raw.sign(
+                &signature::RSA_PKCS1_SHA256,
+                &rng,
+                std::hint::black_box(&input),
+                &mut out,
+            )
+            .expect("sign")
+        })
     });
     group.finish();
 
@@ -147,7 +190,11 @@ fn bench_verify(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let mut group = c.benchmark_group("keygen");
     group.sample_size(10);
     group.bench_function("rsa2048_aws_lc", |b| {
-        b.iter_batched(|| (), |()| jwt_profile::key::generate_rsa_key_pair().expect("key"), BatchSize::PerIteration)
+        b.iter_batched(
+            || (),
+            |()| jwt_profile::key::generate_rsa_key_pair().expect("key"),
+            BatchSize::PerIteration,
+        )
     });
     group.bench_function("rsa2048_rsa_crate", |b| {
         b.iter_batched(
@@ -181,32 +228,72 @@ fn criterion_dir() -> PathBuf {
 }
 
 fn median_ns(group: &str, name: &str) -> Option<f64> {
-    let path = criterion_dir().join(group).join(name).join("new").join("estimates.json");
+    let path = criterion_dir()
+        .join(group)
+        .join(name)
+        .join("new")
+        .join("estimates.json");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     json["median"]["point_estimate"].as_f64()
 }
 
 fn print_ratios() {
     let ratios = [
-        ("rs256_fresh", ("verify", "rs256_fresh"), ("verify", "rs256_floor")),
-        ("es256_fresh", ("verify", "es256_fresh"), ("verify", "es256_floor")),
-        ("eddsa_fresh", ("verify", "eddsa_fresh"), ("verify", "eddsa_floor")),
-        ("jsonwebtoken_reference", ("verify", "jsonwebtoken_reference"), ("verify", "rs256_floor")),
-        ("repeat_vs_floor", ("verify", "rs256_repeat"), ("verify", "rs256_floor")),
-        ("sign_vs_raw", ("sign", "rs256_signer"), ("sign", "rs256_raw")),
-        ("keygen_aws_lc_vs_rsa_crate", ("keygen", "rsa2048_aws_lc"), ("keygen", "rsa2048_rsa_crate")),
+        (
+            "rs256_fresh",
+            ("verify", "rs256_fresh"),
+            ("verify", "rs256_floor"),
+        ),
+        (
+            "es256_fresh",
+            ("verify", "es256_fresh"),
+            ("verify", "es256_floor"),
+        ),
+        (
+            "eddsa_fresh",
+            ("verify", "eddsa_fresh"),
+            ("verify", "eddsa_floor"),
+        ),
+        (
+            "jsonwebtoken_reference",
+            ("verify", "jsonwebtoken_reference"),
+            ("verify", "rs256_floor"),
+        ),
+        (
+            "repeat_vs_floor",
+            ("verify", "rs256_repeat"),
+            ("verify", "rs256_floor"),
+        ),
+        (
+            "sign_vs_raw",
+            ("sign", "rs256_signer"),
+            ("sign", "rs256_raw"),
+        ),
+        (
+            "keygen_aws_lc_vs_rsa_crate",
+            ("keygen", "rsa2048_aws_lc"),
+            ("keygen", "rsa2048_rsa_crate"),
+        ),
     ];
     println!();
     for (label, (g1, n1), (g2, n2)) in ratios {
         match (median_ns(g1, n1), median_ns(g2, n2)) {
-            (Some(a), Some(b)) => println!("ratio {label} {:.2}   ({n1} {:.2} µs / {n2} {:.2} µs)", a / b, a / 1000.0, b / 1000.0),
+            (Some(a), Some(b)) => println!(
+                "ratio {label} {:.2}   ({n1} {:.2} µs / {n2} {:.2} µs)",
+                a / b,
+                a / 1000.0,
+                b / 1000.0
+            ),
             _ => println!("ratio {label} n/a (not measured in this run)"),
         }
     }
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut c = Criterion::default().configure_from_args();
     bench_verify(&mut c, &rt);
     c.final_summary();

@@ -180,7 +180,11 @@ async fn main() -> ExitCode {
     let verifier = match setting("JWT_PROFILE_ASSERTION_CACHE", "on").as_str() {
         "on" => verifier,
         "off" => verifier.without_assertion_cache(),
-        other => return fail(format!("JWT_PROFILE_ASSERTION_CACHE={other:?}: use on or off")),
+        other => {
+            return fail(format!(
+                "JWT_PROFILE_ASSERTION_CACHE={other:?}: use on or off"
+            ));
+        }
     };
     let protected = Router::new()
         .route("/whoami", get(whoami))

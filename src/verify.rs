@@ -417,8 +417,10 @@ impl Verifier {
             return Err(malformed("empty token segment"));
         }
         // Decoded on the stack when they fit (they nearly always do).
-        let (mut header_buf, mut payload_buf, mut signature_buf) = ([0u8; 512], [0u8; 2048], [0u8; 1024]);
-        let (mut header_heap, mut payload_heap, mut signature_heap) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut header_buf, mut payload_buf, mut signature_buf) =
+            ([0u8; 512], [0u8; 2048], [0u8; 1024]);
+        let (mut header_heap, mut payload_heap, mut signature_heap) =
+            (Vec::new(), Vec::new(), Vec::new());
         let header = decode_segment(h64, &mut header_buf, &mut header_heap)
             .ok_or_else(|| malformed("header is not canonical base64url"))?;
         let payload = decode_segment(p64, &mut payload_buf, &mut payload_heap)
@@ -506,7 +508,11 @@ impl Verifier {
 
 /// Decodes one canonical base64url segment into `stack` when it fits, else
 /// into `heap`; `None` when it is not canonical base64url.
-fn decode_segment<'b>(segment: &str, stack: &'b mut [u8], heap: &'b mut Vec<u8>) -> Option<&'b [u8]> {
+fn decode_segment<'b>(
+    segment: &str,
+    stack: &'b mut [u8],
+    heap: &'b mut Vec<u8>,
+) -> Option<&'b [u8]> {
     if base64::decoded_len_estimate(segment.len()) <= stack.len() {
         let n = URL_SAFE_NO_PAD.decode_slice(segment, stack).ok()?;
         Some(&stack[..n])

@@ -1,0 +1,18 @@
+//! Times RSA-2048 key generation as the key service does it (aws-lc-rs),
+//! for `scripts/keygen.sh`: `keygen [N]` prints one duration in ms per line.
+
+use std::time::Instant;
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(30);
+    for _ in 0..n {
+        let started = Instant::now();
+        let pair = jwt_profile::key::generate_rsa_key_pair().expect("key generation");
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        std::hint::black_box(pair);
+        println!("{ms:.2}");
+    }
+}
