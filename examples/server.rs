@@ -10,6 +10,7 @@
 //! | `JWT_PROFILE_ORG` | `default` |
 //! | `JWT_PROFILE_ADMIN_KEY_FILE` | `admin-key.json` |
 //! | `JWT_PROFILE_ASSERTION_CACHE` | `on` (`off`: check every assertion in full) |
+//! | `JWT_PROFILE_REPLAY` | `off` (`memory`, or `redis://HOST:PORT` with feature `redis`) |
 //!
 //! Run it with `cargo run --example server`.
 

@@ -63,6 +63,7 @@ pub mod key_file;
 pub mod layer;
 pub mod policy;
 pub mod principal;
+pub mod replay;
 pub mod service;
 pub mod store;
 pub mod verify;

@@ -40,6 +40,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Code, Error};
 use crate::key::{Algorithm, VerifyingKey};
 use crate::principal::Principal;
+use crate::replay::{MAX_JTI_BYTES, ReplayStore};
 use crate::store::{KeyLookup, StoreError};
 
 /// The latest NumericDate accepted: 9999-12-31T23:59:59Z.
@@ -161,6 +162,8 @@ pub enum Reason {
     IssuedInFuture,
     /// `iat` is older than the maximum age.
     TooOld,
+    /// The (`iss`, `jti`) was used before (replay protection on).
+    Replayed,
 }
 
 impl Reason {
@@ -181,6 +184,7 @@ impl Reason {
             Reason::NotYetValid => "TOKEN-not-yet-valid",
             Reason::IssuedInFuture => "TOKEN-iat-future",
             Reason::TooOld => "TOKEN-too-old",
+            Reason::Replayed => "TOKEN-replayed",
         }
     }
 
@@ -200,6 +204,7 @@ impl Reason {
             Reason::NotYetValid => "token not yet valid (nbf)",
             Reason::IssuedInFuture => "iat is in the future",
             Reason::TooOld => "token too old (iat)",
+            Reason::Replayed => "token already used (jti)",
         }
     }
 }
@@ -271,6 +276,7 @@ struct Inner {
     validation: Validation,
     clock: Arc<dyn Clock>,
     checked: Option<Cache<String, Arc<CheckedAssertion>>>,
+    replay: Option<Arc<dyn ReplayStore>>,
 }
 
 /// An assertion whose form, key and signature were verified; its time
@@ -333,6 +339,7 @@ impl Verifier {
                 validation,
                 clock: Arc::new(SystemClock),
                 checked: Some(assertion_cache(DEFAULT_ASSERTION_CACHE_ENTRIES)),
+                replay: None,
             }),
         }
     }
@@ -348,6 +355,7 @@ impl Verifier {
                 validation: self.inner.validation.clone(),
                 clock,
                 checked,
+                replay: self.inner.replay.clone(),
             }),
         }
     }
@@ -371,6 +379,23 @@ impl Verifier {
     pub fn with_assertion_cache(self, max_entries: u64) -> Verifier {
         let clock = self.inner.clock.clone();
         self.rebuild(clock, Some(assertion_cache(max_entries)))
+    }
+
+    /// Accepts each (`iss`, `jti`) once until the assertion expires (SPEC §3
+    /// item 7): `jti` becomes required (a string of at most 256 bytes), a
+    /// second use is refused (`TOKEN-replayed`), and the cache of checked
+    /// assertions is bypassed. When `store` cannot be reached the answer is
+    /// "unavailable" (503), never acceptance.
+    pub fn with_replay_protection(self, store: impl ReplayStore) -> Verifier {
+        Verifier {
+            inner: Arc::new(Inner {
+                keys: self.inner.keys.clone(),
+                validation: self.inner.validation.clone(),
+                clock: self.inner.clock.clone(),
+                checked: self.inner.checked.clone(),
+                replay: Some(Arc::new(store)),
+            }),
+        }
     }
 
     /// Checks every assertion in full, every time.
@@ -397,6 +422,7 @@ impl Verifier {
         // A repeat of an assertion checked before: only what can have
         // changed since is checked again.
         if let Some(checked) = &self.inner.checked
+            && self.inner.replay.is_none()
             && let Some(hit) = checked.get(token).await
             && !hit.key.is_stale()
         {
@@ -479,6 +505,24 @@ impl Verifier {
         if !key.verify(alg, signing_input, signature) {
             return Err(Reason::Signature.into());
         }
+        // 7. Replay: only assertions that passed every other rule use up
+        // their jti.
+        if let Some(replay) = &self.inner.replay {
+            let jti = match checked.jti {
+                None => return Err(malformed("jti is required")),
+                Some(j) if j.is_empty() => return Err(malformed("jti is empty")),
+                Some(j) if j.len() > MAX_JTI_BYTES => {
+                    return Err(malformed("jti is longer than 256 bytes"));
+                }
+                Some(j) => j,
+            };
+            let until = to_datetime(checked.exp + v.leeway);
+            match replay.first_use(checked.issuer, jti, until).await {
+                Ok(true) => {}
+                Ok(false) => return Err(Reason::Replayed.into()),
+                Err(e) => return Err(VerifyError::Unavailable(e.to_string())),
+            }
+        }
         let principal = Principal {
             user_id: stored.user_id.clone(),
             org_id: stored.resource_owner.clone(),
@@ -486,7 +530,12 @@ impl Verifier {
             expires_at: to_datetime(checked.exp),
             issued_at: to_datetime(checked.iat),
         };
-        if let Some(cache) = &self.inner.checked {
+        if let Some(cache) = self
+            .inner
+            .checked
+            .as_ref()
+            .filter(|_| self.inner.replay.is_none())
+        {
             let until_exp = (checked.exp + v.leeway - now_secs).max(0.0);
             let lifetime =
                 Duration::from_secs_f64(until_exp.min(86_400.0)).min(self.inner.keys.ttl());
@@ -531,6 +580,7 @@ struct Checked<'a> {
     exp: f64,
     iat: f64,
     nbf: Option<f64>,
+    jti: Option<&'a str>,
 }
 
 fn check_claims<'a>(
@@ -575,11 +625,16 @@ fn check_claims<'a>(
         return Err(Reason::Audience.into());
     }
     check_times(exp, iat, nbf, v, now)?;
+    let jti = match &c.jti {
+        Some(StrVal::Str(j)) => Some(j.as_ref()),
+        _ => None,
+    };
     Ok(Checked {
         issuer: iss,
         exp,
         iat,
         nbf,
+        jti,
     })
 }
 
