@@ -510,7 +510,7 @@ impl Verifier {
         if let Some(replay) = &self.inner.replay {
             let jti = match checked.jti {
                 None => return Err(malformed("jti is required")),
-                Some(j) if j.is_empty() => return Err(malformed("jti is empty")),
+                Some("") => return Err(malformed("jti is empty")),
                 Some(j) if j.len() > MAX_JTI_BYTES => {
                     return Err(malformed("jti is longer than 256 bytes"));
                 }
