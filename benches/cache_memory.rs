@@ -43,7 +43,7 @@ fn main() {
             };
             store.insert(key).await.expect("insert");
         }
-        let cache = CachedStore::with_settings(store, CacheSettings { max_entries: KEYS as u64, ..Default::default() });
+        let cache = CachedStore::with_settings(store, CacheSettings { max_entries: KEYS as u64, max_misses_per_second: u32::MAX, ..Default::default() });
         let before = resident_bytes();
         for i in 0..KEYS {
             let id = format!("{:018}", 100_000_000_000_000_000u64 + i as u64);

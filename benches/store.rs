@@ -32,6 +32,8 @@ fn no_cache() -> CacheSettings {
         ttl: std::time::Duration::ZERO,
         negative_ttl: std::time::Duration::ZERO,
         max_entries: 0,
+        // Misses are what this measures: no budget.
+        max_misses_per_second: u32::MAX,
     }
 }
 

@@ -34,6 +34,12 @@ pub struct CacheSettings {
     pub negative_ttl: Duration,
     /// Most entries held (default 100 000).
     pub max_entries: u64,
+    /// Most store reads per second for ids not in the cache (default
+    /// 1 000, with bursts of as many). Past it, lookups of uncached ids are
+    /// answered "unavailable" (503, try again) without asking the store, so
+    /// a flood of made-up `kid`s costs the store a bounded number of reads.
+    /// Keys already cached are not affected.
+    pub max_misses_per_second: u32,
 }
 
 impl Default for CacheSettings {
@@ -42,6 +48,7 @@ impl Default for CacheSettings {
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             max_entries: 100_000,
+            max_misses_per_second: 1_000,
         }
     }
 }
@@ -81,6 +88,40 @@ pub struct CachedStore {
     store: Arc<dyn KeyStore>,
     cache: Cache<String, Entry>,
     ttl: Duration,
+    misses: Arc<MissBudget>,
+}
+
+/// A token bucket of store reads for cache misses.
+#[derive(Debug)]
+struct MissBudget {
+    per_second: f64,
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl MissBudget {
+    fn new(per_second: u32) -> MissBudget {
+        let per_second = f64::from(per_second);
+        MissBudget {
+            per_second,
+            state: std::sync::Mutex::new((per_second, Instant::now())),
+        }
+    }
+
+    /// Takes one read from the budget; false when it is spent.
+    fn take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = &mut *state;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second)
+            .min(self.per_second);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl std::fmt::Debug for CachedStore {
@@ -113,6 +154,7 @@ impl CachedStore {
             store: Arc::new(store),
             cache,
             ttl: settings.ttl,
+            misses: Arc::new(MissBudget::new(settings.max_misses_per_second)),
         }
     }
 
@@ -148,12 +190,18 @@ impl KeyLookup for CachedStore {
         // lock, so a load in flight when a key is removed cannot put the old
         // key back after the removal; concurrent misses share one load.
         let store = &self.store;
+        let misses = &self.misses;
         let outcome = self
             .cache
             .entry_by_ref(key_id)
             .and_try_compute_with(|existing| async move {
                 if existing.is_some() {
                     return Ok(Op::Nop);
+                }
+                if !misses.take() {
+                    return Err(StoreError::Unavailable(
+                        "too many lookups of unknown keys; try again".to_string(),
+                    ));
                 }
                 let found = store.get(key_id).await?;
                 Ok::<_, StoreError>(Op::Put(found.map(|k| Arc::new(VerifyingKey::new(k)))))
