@@ -467,7 +467,11 @@ impl Verifier {
                 None if name.eq_ignore_ascii_case("none") => {
                     return Err(Reason::Algorithm("alg none is never accepted").into());
                 }
-                None if name.len() >= 2 && name[..2].eq_ignore_ascii_case("HS") => {
+                None if name
+                    .as_bytes()
+                    .get(..2)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"HS")) =>
+                {
                     return Err(Reason::Algorithm("HMAC algorithms are never accepted").into());
                 }
                 None => return Err(Reason::Algorithm("alg not supported").into()),

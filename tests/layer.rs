@@ -431,7 +431,30 @@ async fn hostile_tokens_are_refused_with_401() {
         ("not base64", "!!!.???.***".to_string()),
         ("empty", "".to_string()),
         ("non-ASCII", "ü.ö.ä".to_string()),
+        ("HS384", format!("{}.{}.{}", enc(&json!({"alg": "HS384", "kid": kid})), enc(&claims), parts[2])),
+        ("HS512", format!("{}.{}.{}", enc(&json!({"alg": "HS512", "kid": kid})), enc(&claims), parts[2])),
+        ("alg empty", format!("{}.{}.{}", enc(&json!({"alg": "", "kid": kid})), enc(&claims), parts[2])),
+        ("alg array", format!("{}.{}.{}", enc(&json!({"alg": ["RS256"], "kid": kid})), enc(&claims), parts[2])),
+        ("alg ES256 for an RSA key", signed(json!({"alg": "ES256", "kid": kid}), &claims)),
+        ("kid array", signed(json!({"alg": "RS256", "kid": [kid]}), &claims)),
+        ("kid with NUL", signed(json!({"alg": "RS256", "kid": format!("{kid}\u{0}")}), &claims)),
+        ("duplicate kid via escape", s.bot.sign_parts(format!("{{\"alg\":\"RS256\",\"kid\":\"{kid}\",\"k\\u0069d\":\"1\"}}").as_bytes(), claims.to_string().as_bytes()).expect("s")),
+        ("header is a string", s.bot.sign_parts(b"\"RS256\"", claims.to_string().as_bytes()).expect("s")),
+        ("payload is an array", s.bot.sign_parts(format!("{{\"alg\":\"RS256\",\"kid\":\"{kid}\"}}").as_bytes(), b"[1,2]").expect("s")),
+        ("payload trailing garbage", s.bot.sign_parts(format!("{{\"alg\":\"RS256\",\"kid\":\"{kid}\"}}").as_bytes(), format!("{claims} x").as_bytes()).expect("s")),
+        ("exp float", signed(json!({"alg": "RS256", "kid": kid}), &json!({"iss": "bot", "sub": "bot", "aud": AUD, "iat": now, "exp": 1e12}))),
+        ("iat string", signed(json!({"alg": "RS256", "kid": kid}), &json!({"iss": "bot", "sub": "bot", "aud": AUD, "iat": now.to_string(), "exp": now + 300}))),
+        ("exp missing", signed(json!({"alg": "RS256", "kid": kid}), &json!({"iss": "bot", "sub": "bot", "aud": AUD, "iat": now}))),
+        ("aud nested array", signed(json!({"alg": "RS256", "kid": kid}), &json!({"iss": "bot", "sub": "bot", "aud": [[AUD]], "iat": now, "exp": now + 300}))),
+        ("aud prefix", signed(json!({"alg": "RS256", "kid": kid}), &json!({"iss": "bot", "sub": "bot", "aud": format!("{AUD}.evil"), "iat": now, "exp": now + 300}))),
+        ("iss differs from sub", signed(json!({"alg": "RS256", "kid": kid}), &json!({"iss": "bot", "sub": "admin", "aud": AUD, "iat": now, "exp": now + 300}))),
+        ("issuer of another user", signed(json!({"alg": "RS256", "kid": kid}), &json!({"iss": "other", "sub": "other", "aud": AUD, "iat": now, "exp": now + 300}))),
+        ("deeply nested header value", s.bot.sign_parts(format!("{{\"alg\":\"RS256\",\"kid\":{}{}}}", "[".repeat(2000), "]".repeat(2000)).as_bytes(), claims.to_string().as_bytes()).expect("s")),
+        ("3000 dots", ".".repeat(3000)),
+        ("signature truncated", format!("{}.{}.{}", parts[0], parts[1], &parts[2][..parts[2].len() - 4])),
+        ("signature of another token", format!("{}.{}.{}", parts[0], enc(&json!({"iss": "bot", "sub": "bot", "aud": AUD, "iat": now, "exp": now + 301})), parts[2])),
     ];
+    assert!(cases.len() >= 40, "{} cases", cases.len());
     for (name, token) in &cases {
         let res = http
             .send(
