@@ -193,6 +193,15 @@ async fn main() -> ExitCode {
         .layer(JwtProfileLayer::new(verifier).realm(audiences[0].clone()));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    jwt_profile::http::OPENAPI_JSON,
+                )
+            }),
+        )
         .merge(protected);
 
     eprintln!(

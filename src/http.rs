@@ -50,6 +50,10 @@ use crate::key::{Details, KeyType, MachineKey};
 use crate::principal::{MissingPrincipal, Principal};
 use crate::service::{CreateKey, KeyService, ListKeys};
 
+/// The OpenAPI 3 document of these routes (`openapi/openapi.json`), for
+/// serving next to them; the example server serves it at `/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../openapi/openapi.json");
+
 /// Largest accepted request body, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

@@ -313,13 +313,7 @@ impl KeyService {
                 "expirationDate must not be after 9999-12-31T23:59:59Z",
             ));
         }
-        let (public_key, private_pem) = match request.public_key {
-            Some(pem) => (PublicKey::from_pem(&pem)?, None),
-            None => {
-                let pair = key::generate_rsa_key_pair()?;
-                (pair.public_key, Some(pair.private_key_pem))
-            }
-        };
+        // Before any expensive work (key generation takes tens of ms).
         if let Some(max) = self.max_keys_per_user {
             let held = self
                 .store
@@ -343,6 +337,13 @@ impl KeyService {
                 ));
             }
         }
+        let (public_key, private_pem) = match request.public_key {
+            Some(pem) => (PublicKey::from_pem(&pem)?, None),
+            None => {
+                let pair = key::generate_rsa_key_pair()?;
+                (pair.public_key, Some(pair.private_key_pem))
+            }
+        };
         let new = NewKey {
             id: self.next_id().await?,
             user_id: user_id.to_owned(),
