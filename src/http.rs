@@ -242,8 +242,17 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
 }
 
 fn parse_body<'a, T: Deserialize<'a> + Default>(bytes: &'a [u8]) -> Result<T, Error> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Ok(T::default()),
+        // serde would also read a struct from a JSON array; bodies are
+        // proto3 JSON messages, which are objects.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(Error::invalid(
+                "BODY-malformed",
+                "request body must be a JSON object",
+            ));
+        }
     }
     serde_json::from_slice(bytes)
         .map_err(|e| Error::invalid("BODY-malformed", format!("request body is not valid: {e}")))

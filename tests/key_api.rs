@@ -267,6 +267,13 @@ async fn list_pages_and_orders_by_creation() {
     assert_eq!(max.status, StatusCode::OK);
     let negative = search(json!({"query": {"offset": -1}})).await;
     assert_eq!(negative.status, StatusCode::BAD_REQUEST);
+    let array = search(json!([null])).await;
+    assert_eq!(
+        array.status,
+        StatusCode::BAD_REQUEST,
+        "found by schemathesis"
+    );
+    assert_eq!(array.error_id(), "BODY-malformed");
     // An empty body is an empty query.
     let empty = app
         .http
@@ -471,6 +478,10 @@ async fn invalid_argument_400_for_every_kind_of_bad_input() {
         ),
         (json!({"publicKey": b64(&huge)}), "KEY-public-key-too-large"),
         (json!([1, 2]), "BODY-malformed"),
+        // Found by schemathesis: serde reads structs from arrays too.
+        (json!([null]), "BODY-malformed"),
+        (json!([]), "BODY-malformed"),
+        (json!("text"), "BODY-malformed"),
     ];
     for (body, id) in cases {
         let res = create(&app, "bad", &token, body.clone()).await;

@@ -42,39 +42,68 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str) {
     }
     match schema.get("type").and_then(Value::as_str) {
         Some("object") => {
-            let object = value.as_object().unwrap_or_else(|| panic!("{at}: {value} is not an object"));
-            let properties = schema["properties"].as_object().cloned().unwrap_or_default();
+            let object = value
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: {value} is not an object"));
+            let properties = schema["properties"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             for required in schema["required"].as_array().into_iter().flatten() {
                 let name = required.as_str().expect("name");
-                assert!(object.contains_key(name), "{at}: required {name} missing in {value}");
+                assert!(
+                    object.contains_key(name),
+                    "{at}: required {name} missing in {value}"
+                );
             }
             for (name, v) in object {
-                let Some(s) = properties.get(name) else { panic!("{at}: undocumented field {name} in {value}") };
+                let Some(s) = properties.get(name) else {
+                    panic!("{at}: undocumented field {name} in {value}")
+                };
                 check(doc, s, v, &format!("{at}.{name}"));
             }
         }
         Some("array") => {
-            for (i, item) in value.as_array().unwrap_or_else(|| panic!("{at}: not an array")).iter().enumerate() {
+            for (i, item) in value
+                .as_array()
+                .unwrap_or_else(|| panic!("{at}: not an array"))
+                .iter()
+                .enumerate()
+            {
                 check(doc, &schema["items"], item, &format!("{at}[{i}]"));
             }
         }
         Some("string") => {
-            let s = value.as_str().unwrap_or_else(|| panic!("{at}: {value} is not a string"));
+            let s = value
+                .as_str()
+                .unwrap_or_else(|| panic!("{at}: {value} is not a string"));
             match schema.get("format").and_then(Value::as_str) {
-                Some("date-time") => assert!(chrono::DateTime::parse_from_rfc3339(s).is_ok(), "{at}: {s} is not date-time"),
+                Some("date-time") => assert!(
+                    chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+                    "{at}: {s} is not date-time"
+                ),
                 Some("byte") => {
                     use base64::Engine;
-                    assert!(base64::engine::general_purpose::STANDARD.decode(s).is_ok(), "{at}: not base64");
+                    assert!(
+                        base64::engine::general_purpose::STANDARD.decode(s).is_ok(),
+                        "{at}: not base64"
+                    );
                 }
                 _ => {}
             }
             if let Some(p) = schema.get("pattern").and_then(Value::as_str)
                 && p == "^[0-9]+$"
             {
-                assert!(!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()), "{at}: {s} is not digits");
+                assert!(
+                    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+                    "{at}: {s} is not digits"
+                );
             }
         }
-        Some("integer") => assert!(value.is_i64() || value.is_u64(), "{at}: {value} is not an integer"),
+        Some("integer") => assert!(
+            value.is_i64() || value.is_u64(),
+            "{at}: {value} is not an integer"
+        ),
         Some("boolean") => assert!(value.is_boolean(), "{at}: {value} is not a boolean"),
         _ => {}
     }
@@ -92,7 +121,12 @@ fn response_schema(doc: &Value, path: &str, method: &str, status: StatusCode) ->
 
 fn conforms(doc: &Value, path: &str, method: &str, answer: &Answer) {
     let schema = response_schema(doc, path, method, answer.status);
-    check(doc, &schema, &answer.json(), &format!("{method} {path} {}", answer.status));
+    check(
+        doc,
+        &schema,
+        &answer.json(),
+        &format!("{method} {path} {}", answer.status),
+    );
 }
 
 #[tokio::test]
@@ -102,7 +136,15 @@ async fn every_documented_operation_exists_and_needs_a_caller() {
     for (path, ops) in doc["paths"].as_object().expect("paths") {
         for method in ops.as_object().expect("ops").keys() {
             let concrete = path.replace("{userId}", "bot").replace("{keyId}", "1");
-            let res = app.http.send(method.to_uppercase().parse().expect("method"), &concrete, &[], "{}").await;
+            let res = app
+                .http
+                .send(
+                    method.to_uppercase().parse().expect("method"),
+                    &concrete,
+                    &[],
+                    "{}",
+                )
+                .await;
             assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{method} {path}");
             conforms(&doc, path, method, &res);
         }
@@ -120,25 +162,149 @@ async fn real_answers_match_the_document() {
     let one = "/users/{userId}/keys/{keyId}";
     let search = "/users/{userId}/keys/_search";
 
-    let created = app.http.call(Method::POST, "/users/doc/keys", &admin, &[], "{}").await;
+    let created = app
+        .http
+        .call(Method::POST, "/users/doc/keys", &admin, &[], "{}")
+        .await;
     conforms(&doc, keys, "post", &created);
     let id = created.json()["keyId"].as_str().expect("id").to_string();
-    let own_pem = jwt_profile::key::generate_rsa_key_pair().expect("key").public_key.to_pem();
+    let own_pem = jwt_profile::key::generate_rsa_key_pair()
+        .expect("key")
+        .public_key
+        .to_pem();
     use base64::Engine;
     let body = json!({"publicKey": base64::engine::general_purpose::STANDARD.encode(own_pem), "expirationDate": "2031-01-01T00:00:00Z", "type": "KEY_TYPE_JSON"});
-    conforms(&doc, keys, "post", &app.http.call(Method::POST, "/users/doc/keys", &admin, &[], body.to_string()).await);
+    conforms(
+        &doc,
+        keys,
+        "post",
+        &app.http
+            .call(
+                Method::POST,
+                "/users/doc/keys",
+                &admin,
+                &[],
+                body.to_string(),
+            )
+            .await,
+    );
     for (status_body, token) in [("{\"type\":9}", admin.as_str()), ("{}", bot_token.as_str())] {
-        conforms(&doc, keys, "post", &app.http.call(Method::POST, "/users/doc/keys", token, &[], status_body).await);
+        conforms(
+            &doc,
+            keys,
+            "post",
+            &app.http
+                .call(Method::POST, "/users/doc/keys", token, &[], status_body)
+                .await,
+        );
     }
-    conforms(&doc, keys, "post", &app.http.call(Method::POST, "/users/doc/keys", &admin, &[("x-zitadel-orgid", "other")], "{}").await);
+    conforms(
+        &doc,
+        keys,
+        "post",
+        &app.http
+            .call(
+                Method::POST,
+                "/users/doc/keys",
+                &admin,
+                &[("x-zitadel-orgid", "other")],
+                "{}",
+            )
+            .await,
+    );
 
-    conforms(&doc, one, "get", &app.http.call(Method::GET, &format!("/users/doc/keys/{id}"), &admin, &[], "").await);
-    conforms(&doc, one, "get", &app.http.call(Method::GET, "/users/doc/keys/nope", &admin, &[], "").await);
-    conforms(&doc, one, "get", &app.http.call(Method::GET, &format!("/users/doc/keys/{id}"), &bot_token, &[], "").await);
+    conforms(
+        &doc,
+        one,
+        "get",
+        &app.http
+            .call(
+                Method::GET,
+                &format!("/users/doc/keys/{id}"),
+                &admin,
+                &[],
+                "",
+            )
+            .await,
+    );
+    conforms(
+        &doc,
+        one,
+        "get",
+        &app.http
+            .call(Method::GET, "/users/doc/keys/nope", &admin, &[], "")
+            .await,
+    );
+    conforms(
+        &doc,
+        one,
+        "get",
+        &app.http
+            .call(
+                Method::GET,
+                &format!("/users/doc/keys/{id}"),
+                &bot_token,
+                &[],
+                "",
+            )
+            .await,
+    );
 
-    conforms(&doc, search, "post", &app.http.call(Method::POST, "/users/doc/keys/_search", &admin, &[], "{\"query\":{\"limit\":1,\"offset\":\"1\",\"asc\":true}}").await);
-    conforms(&doc, search, "post", &app.http.call(Method::POST, "/users/doc/keys/_search", &admin, &[], "{\"query\":{\"limit\":5000}}").await);
+    conforms(
+        &doc,
+        search,
+        "post",
+        &app.http
+            .call(
+                Method::POST,
+                "/users/doc/keys/_search",
+                &admin,
+                &[],
+                "{\"query\":{\"limit\":1,\"offset\":\"1\",\"asc\":true}}",
+            )
+            .await,
+    );
+    conforms(
+        &doc,
+        search,
+        "post",
+        &app.http
+            .call(
+                Method::POST,
+                "/users/doc/keys/_search",
+                &admin,
+                &[],
+                "{\"query\":{\"limit\":5000}}",
+            )
+            .await,
+    );
 
-    conforms(&doc, one, "delete", &app.http.call(Method::DELETE, &format!("/users/doc/keys/{id}"), &admin, &[], "").await);
-    conforms(&doc, one, "delete", &app.http.call(Method::DELETE, &format!("/users/doc/keys/{id}"), &admin, &[], "").await);
+    conforms(
+        &doc,
+        one,
+        "delete",
+        &app.http
+            .call(
+                Method::DELETE,
+                &format!("/users/doc/keys/{id}"),
+                &admin,
+                &[],
+                "",
+            )
+            .await,
+    );
+    conforms(
+        &doc,
+        one,
+        "delete",
+        &app.http
+            .call(
+                Method::DELETE,
+                &format!("/users/doc/keys/{id}"),
+                &admin,
+                &[],
+                "",
+            )
+            .await,
+    );
 }
