@@ -31,7 +31,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -42,6 +42,7 @@ use crate::verify::{Reason, Verifier, VerifyError};
 
 type RejectionHook = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
 
+#[derive(Clone)]
 struct Options {
     optional: bool,
     header: HeaderName,
@@ -85,16 +86,8 @@ impl JwtProfileLayer {
     }
 
     fn options_mut(&mut self) -> &mut Options {
-        // Builder methods run before the layer is cloned; copy if shared.
-        if Arc::get_mut(&mut self.options).is_none() {
-            self.options = Arc::new(Options {
-                optional: self.options.optional,
-                header: self.options.header.clone(),
-                realm: self.options.realm.clone(),
-                on_rejection: self.options.on_rejection.clone(),
-            });
-        }
-        Arc::get_mut(&mut self.options).expect("just made unique")
+        // Builder methods normally run before the layer is shared.
+        Arc::make_mut(&mut self.options)
     }
 
     /// Lets requests without credentials through, without a [`Principal`]
@@ -242,10 +235,6 @@ impl Rejection {
         if let Ok(v) = HeaderValue::from_str(&challenge) {
             res.headers_mut().insert(WWW_AUTHENTICATE, v);
         }
-        debug_assert!(
-            res.status() == StatusCode::UNAUTHORIZED
-                || res.status() == StatusCode::SERVICE_UNAVAILABLE
-        );
         res
     }
 }

@@ -271,6 +271,7 @@ pub struct Verifier {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     keys: Arc<dyn KeyLookup>,
     validation: Validation,
@@ -344,30 +345,25 @@ impl Verifier {
         }
     }
 
-    fn rebuild(
-        &self,
-        clock: Arc<dyn Clock>,
-        checked: Option<Cache<String, Arc<CheckedAssertion>>>,
-    ) -> Verifier {
+    /// The same verifier with `change` applied to its settings.
+    fn with_inner(self, change: impl FnOnce(&mut Inner)) -> Verifier {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        change(&mut inner);
         Verifier {
-            inner: Arc::new(Inner {
-                keys: self.inner.keys.clone(),
-                validation: self.inner.validation.clone(),
-                clock,
-                checked,
-                replay: self.inner.replay.clone(),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
-    /// The same verifier reading time from `clock` (for tests).
+    /// The same verifier reading time from `clock` (for tests). Its cache of
+    /// checked assertions starts empty.
     pub fn with_clock(self, clock: impl Clock) -> Verifier {
-        let checked = self
-            .inner
-            .checked
-            .as_ref()
-            .map(|c| assertion_cache(c.policy().max_capacity().unwrap_or(0)));
-        self.rebuild(Arc::new(clock), checked)
+        self.with_inner(|inner| {
+            inner.clock = Arc::new(clock);
+            inner.checked = inner
+                .checked
+                .as_ref()
+                .map(|c| assertion_cache(c.policy().max_capacity().unwrap_or(0)));
+        })
     }
 
     /// Remembers up to `max_entries` assertions whose signature was
@@ -377,8 +373,7 @@ impl Verifier {
     /// the time claims are checked again on every use, and a key removed
     /// meanwhile sends the assertion through the full check again.
     pub fn with_assertion_cache(self, max_entries: u64) -> Verifier {
-        let clock = self.inner.clock.clone();
-        self.rebuild(clock, Some(assertion_cache(max_entries)))
+        self.with_inner(|inner| inner.checked = Some(assertion_cache(max_entries)))
     }
 
     /// Accepts each (`iss`, `jti`) once until the assertion expires (SPEC §3
@@ -387,21 +382,12 @@ impl Verifier {
     /// assertions is bypassed. When `store` cannot be reached the answer is
     /// "unavailable" (503), never acceptance.
     pub fn with_replay_protection(self, store: impl ReplayStore) -> Verifier {
-        Verifier {
-            inner: Arc::new(Inner {
-                keys: self.inner.keys.clone(),
-                validation: self.inner.validation.clone(),
-                clock: self.inner.clock.clone(),
-                checked: self.inner.checked.clone(),
-                replay: Some(Arc::new(store)),
-            }),
-        }
+        self.with_inner(|inner| inner.replay = Some(Arc::new(store)))
     }
 
     /// Checks every assertion in full, every time.
     pub fn without_assertion_cache(self) -> Verifier {
-        let clock = self.inner.clock.clone();
-        self.rebuild(clock, None)
+        self.with_inner(|inner| inner.checked = None)
     }
 
     /// The validation settings.

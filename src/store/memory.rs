@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError};
-use crate::key::{Details, MachineKey};
+use crate::key::MachineKey;
 
 /// An in-process store: fast, shared by clones of an `Arc`, gone at exit.
 ///
@@ -56,22 +56,13 @@ impl KeyStore for MemoryStore {
             return Err(StoreError::UserInOtherOrg(first.resource_owner.clone()));
         }
         inner.sequence += 1;
-        let key = MachineKey {
-            id: new.id.clone(),
-            user_id: new.user_id.clone(),
-            resource_owner: new.resource_owner.clone(),
-            key_type: new.key_type,
-            public_key: new.public_key,
-            expiration_date: new.expiration_date,
-            details: Details {
-                sequence: inner.sequence,
-                creation_date: new.created_at,
-                change_date: new.created_at,
-                resource_owner: new.resource_owner,
-            },
-        };
-        inner.keys.insert(new.id.clone(), key.clone());
-        inner.by_user.entry(new.user_id).or_default().push(new.id);
+        let key = new.into_key(inner.sequence);
+        inner.keys.insert(key.id.clone(), key.clone());
+        inner
+            .by_user
+            .entry(key.user_id.clone())
+            .or_default()
+            .push(key.id.clone());
         Ok(key)
     }
 

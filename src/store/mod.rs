@@ -54,6 +54,30 @@ pub struct NewKey {
     pub created_at: DateTime<Utc>,
 }
 
+impl NewKey {
+    /// The stored key this becomes with `sequence`. Timestamps are kept at
+    /// millisecond precision, as every backend stores them.
+    pub fn into_key(self, sequence: u64) -> MachineKey {
+        let millis =
+            |t: DateTime<Utc>| DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t);
+        let created = millis(self.created_at);
+        MachineKey {
+            details: crate::key::Details {
+                sequence,
+                creation_date: created,
+                change_date: created,
+                resource_owner: self.resource_owner.clone(),
+            },
+            id: self.id,
+            user_id: self.user_id,
+            resource_owner: self.resource_owner,
+            key_type: self.key_type,
+            public_key: self.public_key,
+            expiration_date: millis(self.expiration_date),
+        }
+    }
+}
+
 /// Which page of a user's keys to list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListQuery {
@@ -198,31 +222,33 @@ fn db_error(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// Turns a stored row into a key.
+/// Reads a key from a row of `machine_keys` (any sqlx backend).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[allow(clippy::too_many_arguments)]
-fn row_to_key(
-    id: String,
-    user_id: String,
-    resource_owner: String,
-    public_key: &[u8],
-    expiration_ms: i64,
-    sequence: i64,
-    created_ms: i64,
-    changed_ms: i64,
-) -> Result<MachineKey, StoreError> {
+fn key_from_row<'r, R>(row: &'r R) -> Result<MachineKey, StoreError>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'r [u8]: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let column = |e: sqlx::Error| StoreError::Unavailable(e.to_string());
+    let id: String = row.try_get("id").map_err(column)?;
+    let public_key: &[u8] = row.try_get("public_key").map_err(column)?;
     let public_key = PublicKey::from_spki_der(public_key)
         .map_err(|e| StoreError::Unavailable(format!("stored key {id} is unreadable: {e}")))?;
+    let resource_owner: String = row.try_get("resource_owner").map_err(column)?;
+    let sequence: i64 = row.try_get("sequence").map_err(column)?;
     Ok(MachineKey {
         id,
-        user_id,
+        user_id: row.try_get("user_id").map_err(column)?,
         key_type: KeyType::Json,
         public_key,
-        expiration_date: from_millis(expiration_ms),
+        expiration_date: from_millis(row.try_get("expiration_ms").map_err(column)?),
         details: crate::key::Details {
             sequence: u64::try_from(sequence).unwrap_or_default(),
-            creation_date: from_millis(created_ms),
-            change_date: from_millis(changed_ms),
+            creation_date: from_millis(row.try_get("created_ms").map_err(column)?),
+            change_date: from_millis(row.try_get("changed_ms").map_err(column)?),
             resource_owner: resource_owner.clone(),
         },
         resource_owner,

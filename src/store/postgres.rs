@@ -3,12 +3,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Executor, Row};
 use tokio::sync::broadcast;
 
 use super::{
-    KeyEvent, KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError, db_error, row_to_key,
+    KeyEvent, KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError, db_error, key_from_row,
     to_millis,
 };
 use crate::key::MachineKey;
@@ -57,20 +57,6 @@ impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.listener.abort();
     }
-}
-
-fn to_key(row: &PgRow) -> Result<MachineKey, StoreError> {
-    let get = |e: sqlx::Error| StoreError::Unavailable(e.to_string());
-    row_to_key(
-        row.try_get("id").map_err(get)?,
-        row.try_get("user_id").map_err(get)?,
-        row.try_get("resource_owner").map_err(get)?,
-        row.try_get::<&[u8], _>("public_key").map_err(get)?,
-        row.try_get("expiration_ms").map_err(get)?,
-        row.try_get("sequence").map_err(get)?,
-        row.try_get("created_ms").map_err(get)?,
-        row.try_get("changed_ms").map_err(get)?,
-    )
 }
 
 impl PostgresStore {
@@ -259,16 +245,7 @@ impl KeyStore for PostgresStore {
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
-        row_to_key(
-            new.id,
-            new.user_id,
-            new.resource_owner,
-            new.public_key.spki_der(),
-            to_millis(new.expiration_date),
-            sequence,
-            created,
-            created,
-        )
+        Ok(new.into_key(u64::try_from(sequence).unwrap_or_default()))
     }
 
     async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
@@ -280,7 +257,7 @@ impl KeyStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
-        row.as_ref().map(to_key).transpose()
+        row.as_ref().map(key_from_row).transpose()
     }
 
     async fn list(
@@ -321,7 +298,10 @@ impl KeyStore for PostgresStore {
             .await
             .map_err(db_error)?,
         };
-        let keys = rows.iter().map(to_key).collect::<Result<Vec<_>, _>>()?;
+        let keys = rows
+            .iter()
+            .map(key_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(KeyPage {
             total: u64::try_from(total).unwrap_or_default(),
             keys,

@@ -4,13 +4,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 
 use super::{
-    KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError, db_error, row_to_key, to_millis,
+    KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError, db_error, key_from_row, to_millis,
 };
 use crate::key::MachineKey;
 
@@ -33,20 +32,6 @@ use crate::key::MachineKey;
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
-}
-
-fn to_key(row: &SqliteRow) -> Result<MachineKey, StoreError> {
-    let get = |e: sqlx::Error| StoreError::Unavailable(e.to_string());
-    row_to_key(
-        row.try_get("id").map_err(get)?,
-        row.try_get("user_id").map_err(get)?,
-        row.try_get("resource_owner").map_err(get)?,
-        row.try_get::<&[u8], _>("public_key").map_err(get)?,
-        row.try_get("expiration_ms").map_err(get)?,
-        row.try_get("sequence").map_err(get)?,
-        row.try_get("created_ms").map_err(get)?,
-        row.try_get("changed_ms").map_err(get)?,
-    )
 }
 
 async fn next_sequence(tx: &mut Transaction<'static, Sqlite>) -> Result<i64, StoreError> {
@@ -142,16 +127,7 @@ impl KeyStore for SqliteStore {
         .await
         .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
-        row_to_key(
-            new.id,
-            new.user_id,
-            new.resource_owner,
-            new.public_key.spki_der(),
-            to_millis(new.expiration_date),
-            sequence,
-            created,
-            created,
-        )
+        Ok(new.into_key(u64::try_from(sequence).unwrap_or_default()))
     }
 
     async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
@@ -163,7 +139,7 @@ impl KeyStore for SqliteStore {
         .fetch_optional(&self.reader)
         .await
         .map_err(db_error)?;
-        row.as_ref().map(to_key).transpose()
+        row.as_ref().map(key_from_row).transpose()
     }
 
     async fn list(
@@ -195,7 +171,10 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(db_error)?;
-        let keys = rows.iter().map(to_key).collect::<Result<Vec<_>, _>>()?;
+        let keys = rows
+            .iter()
+            .map(key_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(KeyPage {
             total: u64::try_from(total).unwrap_or_default(),
             keys,
