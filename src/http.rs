@@ -45,6 +45,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::adapter;
 use crate::error::Error;
 use crate::key::{Details, KeyType, MachineKey};
 use crate::principal::{MissingPrincipal, Principal};
@@ -54,11 +55,7 @@ use crate::service::{CreateKey, KeyService, ListKeys};
 /// serving next to them; the example server serves it at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi/openapi.json");
 
-/// Largest accepted request body, in bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// The default organization header.
-pub const ORG_HEADER: &str = "x-zitadel-orgid";
+pub use crate::adapter::{MAX_BODY_BYTES, ORG_HEADER};
 
 /// The REST key API: [`KeyService`] plus the name of the organization header.
 #[derive(Clone, Debug)]
@@ -95,15 +92,7 @@ impl KeyApi {
     }
 
     fn org<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, Error> {
-        match headers.get(&self.org_header) {
-            None => Ok(None),
-            Some(v) => v.to_str().map(Some).map_err(|_| {
-                Error::invalid(
-                    "PARAM-org-id-invalid",
-                    format!("the {} header is not valid text", self.org_header),
-                )
-            }),
-        }
+        adapter::org(headers, &self.org_header)
     }
 }
 
@@ -284,13 +273,11 @@ fn parse_key_type(v: Option<&Value>) -> Result<KeyType, Error> {
         Some(Value::String(s)) if s == "KEY_TYPE_JSON" || s == "KEY_TYPE_UNSPECIFIED" => {
             Ok(KeyType::Json)
         }
-        Some(Value::Number(n)) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
-            Ok(KeyType::Json)
-        }
-        Some(other) => Err(Error::invalid(
-            "KEY-type-invalid",
-            format!("type {other} is not supported; use KEY_TYPE_JSON"),
-        )),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(n) => adapter::key_type_number(n),
+            None => Err(adapter::key_type_error(n)),
+        },
+        Some(other) => Err(adapter::key_type_error(other)),
     }
 }
 

@@ -170,12 +170,14 @@ pub enum RejectionKind {
 pub struct Rejection {
     kind: RejectionKind,
     error: Error,
-    grpc: bool,
+    /// The request's gRPC content type (`application/grpc…`), echoed in the
+    /// trailers-only answer; `None` for other requests.
+    grpc: Option<HeaderValue>,
     realm: String,
 }
 
 impl Rejection {
-    fn new(kind: RejectionKind, grpc: bool, realm: &str) -> Rejection {
+    fn new(kind: RejectionKind, grpc: Option<HeaderValue>, realm: &str) -> Rejection {
         let error = match &kind {
             RejectionKind::MissingCredentials => Error::new(
                 Code::Unauthenticated,
@@ -203,19 +205,21 @@ impl Rejection {
         &self.error
     }
 
-    /// Whether the request was a gRPC request (`content-type: application/grpc…`).
+    /// Whether the request was a gRPC or gRPC-web request
+    /// (`content-type: application/grpc…`).
     pub fn is_grpc(&self) -> bool {
-        self.grpc
+        self.grpc.is_some()
     }
 
     /// The response the layer sends by default: for HTTP a 401 with
     /// `WWW-Authenticate` (or 503) and the JSON error body; for gRPC a
-    /// trailers-only response with `grpc-status` and `grpc-message`.
+    /// trailers-only response with `grpc-status` and `grpc-message`, and the
+    /// request's content type (so gRPC-web clients get a gRPC-web answer).
     pub fn default_response(&self) -> Response<Bytes> {
-        if self.grpc {
+        if let Some(content_type) = &self.grpc {
             let mut res = Response::new(Bytes::new());
             let h = res.headers_mut();
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert(CONTENT_TYPE, content_type.clone());
             h.insert("grpc-status", HeaderValue::from(self.error.code().as_i32()));
             if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(self.error.message())) {
                 h.insert("grpc-message", v);
@@ -252,10 +256,11 @@ fn grpc_percent_encode(msg: &str) -> String {
     out
 }
 
-fn is_grpc<B>(req: &Request<B>) -> bool {
+fn grpc_content_type<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.headers()
         .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .filter(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .cloned()
 }
 
 /// Where the token sits in the header value.
@@ -300,7 +305,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let grpc = is_grpc(&req);
+        let grpc = grpc_content_type(&req);
         let options = self.options.clone();
         let scheme_required = options.header == AUTHORIZATION;
         let creds = credentials(req.headers().get(&options.header), scheme_required);
@@ -313,7 +318,7 @@ where
             Credentials::None => State::Rejected {
                 rejection: Some(Rejection::new(
                     RejectionKind::MissingCredentials,
-                    grpc,
+                    grpc.clone(),
                     &options.realm,
                 )),
             },
@@ -354,7 +359,7 @@ pin_project! {
         #[pin]
         state: State<S, ReqB>,
         options: Arc<Options>,
-        grpc: bool,
+        grpc: Option<HeaderValue>,
     }
 }
 
@@ -424,7 +429,7 @@ where
                             RejectionKind::StoreUnavailable
                         }
                     };
-                    let rejection = Rejection::new(kind, *this.grpc, &this.options.realm);
+                    let rejection = Rejection::new(kind, this.grpc.take(), &this.options.realm);
                     return Poll::Ready(Ok(render(this.options, &rejection)));
                 }
                 StateProj::Calling { fut } => {

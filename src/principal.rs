@@ -2,6 +2,8 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::error::{Code, Error};
+
 /// Who a validated assertion proves the caller to be.
 ///
 /// The layer inserts it into the request's extensions; handlers read it from
@@ -39,31 +41,31 @@ impl Principal {
     }
 }
 
+/// No [`Principal`] in a request: the route or method is not behind
+/// [`JwtProfileLayer`](crate::JwtProfileLayer), or the layer is optional
+/// and the request carried no credentials. As the rejection of the axum
+/// extractor it answers 401 with the JSON error body; over gRPC it is
+/// `UNAUTHENTICATED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingPrincipal;
+
+impl MissingPrincipal {
+    /// The error this rejection stands for.
+    pub fn error(self) -> Error {
+        Error::new(
+            Code::Unauthenticated,
+            "AUTH-missing",
+            "this route requires an authenticated machine user",
+        )
+    }
+}
+
 #[cfg(feature = "axum")]
 mod extract {
-    use super::Principal;
-    use crate::error::{Code, Error};
+    use super::{MissingPrincipal, Principal};
     use axum::extract::{FromRequestParts, OptionalFromRequestParts};
     use axum::response::{IntoResponse, Response};
     use http::request::Parts;
-
-    /// Rejection of the [`Principal`] extractor: the route is not behind
-    /// [`JwtProfileLayer`](crate::JwtProfileLayer), or the layer is optional
-    /// and the request carried no credentials. Answers 401 with the JSON
-    /// error body.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct MissingPrincipal;
-
-    impl MissingPrincipal {
-        /// The error this rejection stands for.
-        pub fn error(self) -> Error {
-            Error::new(
-                Code::Unauthenticated,
-                "AUTH-missing",
-                "this route requires an authenticated machine user",
-            )
-        }
-    }
 
     impl IntoResponse for MissingPrincipal {
         fn into_response(self) -> Response {
@@ -103,6 +105,3 @@ mod extract {
         }
     }
 }
-
-#[cfg(feature = "axum")]
-pub use extract::MissingPrincipal;

@@ -209,8 +209,11 @@ pub async fn app_with(options: AppOptions) -> App {
         Verifier::new(store.clone(), Validation::new([audience.clone()])).with_clock(clock.clone());
     let router = Router::new()
         .route("/whoami", get(whoami))
-        .merge((options.api)(KeyApi::new(keys.clone())).router())
-        .layer(JwtProfileLayer::new(verifier));
+        .merge((options.api)(KeyApi::new(keys.clone())).router());
+    // With `grpc`, the same key service over gRPC and gRPC-web on the same port.
+    #[cfg(feature = "grpc")]
+    let router = router.merge(jwt_profile::grpc::KeyGrpc::new(keys.clone()).router());
+    let router = router.layer(JwtProfileLayer::new(verifier));
     tokio::spawn(async move {
         axum::serve(listener, router).await.expect("serve");
     });
