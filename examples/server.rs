@@ -12,7 +12,9 @@
 //! | `JWT_PROFILE_ASSERTION_CACHE` | `on` (`off`: check every assertion in full) |
 //! | `JWT_PROFILE_REPLAY` | `off` (`memory`, or `redis://HOST:PORT` with feature `redis`) |
 //!
-//! Run it with `cargo run --example server`.
+//! Run it with `cargo run --example server`. Built with `--features grpc`, it
+//! also serves `jwtprofile.v1.MachineKeyService` (gRPC and gRPC-web) on the
+//! same address.
 
 use std::io::Write;
 use std::path::Path;
@@ -189,8 +191,12 @@ async fn main() -> ExitCode {
     };
     let protected = Router::new()
         .route("/whoami", get(whoami))
-        .merge(KeyApi::new(keys).router())
-        .layer(JwtProfileLayer::new(verifier).realm(audiences[0].clone()));
+        .merge(KeyApi::new(keys.clone()).router());
+    // With `grpc`: the same key API over gRPC and gRPC-web, on the same port
+    // (HTTP/1.1 and h2c), behind the same layer.
+    #[cfg(feature = "grpc")]
+    let protected = protected.merge(jwt_profile::grpc::KeyGrpc::new(keys).router());
+    let protected = protected.layer(JwtProfileLayer::new(verifier).realm(audiences[0].clone()));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -208,6 +214,8 @@ async fn main() -> ExitCode {
         "accepting assertions for audience(s): {}",
         audiences.join(", ")
     );
+    #[cfg(feature = "grpc")]
+    eprintln!("gRPC and gRPC-web: jwtprofile.v1.MachineKeyService on the same address");
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
     let shutdown = async {

@@ -345,3 +345,110 @@ fn unreachable_postgres_is_a_message_and_exit_2() {
         "{stderr}"
     );
 }
+
+/// With `grpc`, the example server answers REST, gRPC (h2c) and gRPC-web on
+/// its one address, all behind the same layer.
+#[cfg(feature = "grpc")]
+#[tokio::test]
+async fn the_example_server_serves_rest_and_grpc_on_one_port() {
+    use jwt_profile::grpc::pb::machine_key_service_client::MachineKeyServiceClient;
+    use jwt_profile::grpc::pb::{AddKeyRequest, ListKeysRequest, RemoveKeyRequest};
+
+    fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("metadata"),
+        );
+        req
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &[]);
+    let aud = format!("http://{}", server.addr);
+    let admin = signer_from(&dir.path().join("admin-key.json"));
+    let channel = tonic::transport::Channel::from_shared(aud.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("h2c connection");
+    let mut grpc = MachineKeyServiceClient::new(channel);
+
+    let added = grpc
+        .add_key(authed(
+            AddKeyRequest {
+                user_id: "grpc-bot".into(),
+                ..Default::default()
+            },
+            &admin.sign(&aud).expect("sign"),
+        ))
+        .await
+        .expect("AddKey")
+        .into_inner();
+    // The key file it returned logs in over REST on the same port.
+    let file = jwt_profile::KeyFile::from_json(&added.key_details).expect("key file");
+    let bot = jwt_profile::AssertionSigner::from_key_file(&file).expect("signer");
+    let http = Http::new(server.addr.parse().expect("addr"));
+    let token = bot.sign(&aud).expect("sign");
+    let who = http.call(Method::GET, "/whoami", &token, &[], "").await;
+    assert_eq!(who.status, StatusCode::OK, "{who:?}");
+    assert_eq!(who.json()["keyId"], added.key_id);
+
+    // The bot manages its own keys over gRPC with its own assertion.
+    let page = grpc
+        .list_keys(authed(
+            ListKeysRequest {
+                user_id: "grpc-bot".into(),
+                query: None,
+            },
+            &token,
+        ))
+        .await
+        .expect("ListKeys")
+        .into_inner();
+    assert_eq!(page.result.len(), 1);
+    grpc.remove_key(authed(
+        RemoveKeyRequest {
+            user_id: "grpc-bot".into(),
+            key_id: added.key_id.clone(),
+        },
+        &token,
+    ))
+    .await
+    .expect("RemoveKey");
+    let refused = grpc
+        .list_keys(authed(
+            ListKeysRequest {
+                user_id: "grpc-bot".into(),
+                query: None,
+            },
+            &token,
+        ))
+        .await
+        .expect_err("removed key");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // REST still answers on the same port, over HTTP/1.1.
+    assert_eq!(
+        http.send(Method::GET, "/healthz", &[], "").await.status,
+        StatusCode::OK
+    );
+}
+
+/// The example that puts the layer in front of a tonic service of its own.
+#[cfg(feature = "grpc")]
+#[test]
+fn the_grpc_service_example_refuses_then_greets() {
+    let out = Command::new(example("grpc_service"))
+        .output()
+        .expect("run grpc_service");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("without an assertion: Unauthenticated: no bearer token in the request"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("with an assertion: hello ci-bot of default (signed)"),
+        "{stdout}"
+    );
+}
