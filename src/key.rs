@@ -233,6 +233,14 @@ impl PublicKey {
                 ),
             ));
         }
+        // Without this, text that is not PEM at all gets the PEM parser's
+        // message about its preamble, which names the wrong problem.
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(key_error(
+                "KEY-public-key-bad-pem",
+                "public key is not a PEM document: it has no -----BEGIN line",
+            ));
+        }
         let (label, der) = rsa::pkcs1::der::pem::decode_vec(pem).map_err(|e| {
             key_error(
                 "KEY-public-key-bad-pem",

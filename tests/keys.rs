@@ -117,6 +117,11 @@ fn curves_and_key_types() {
 #[test]
 fn malformed_documents_say_what_is_wrong() {
     refused_as("", "KEY-public-key-bad-pem");
+    let not_pem = PublicKey::from_pem(b"not a key").expect_err("plain text");
+    assert_eq!(
+        not_pem.message(),
+        "public key is not a PEM document: it has no -----BEGIN line"
+    );
     refused_as(
         "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n",
         "KEY-public-key-bad-pem",
