@@ -9,9 +9,11 @@ Exits non-zero, with a message, on the first answer that is not as expected.
 import json
 import sys
 import time
+import urllib.request
 
 import grpc
 import jwt
+from google.protobuf import json_format
 
 address, admin_key_file, generated = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, generated)
@@ -65,6 +67,16 @@ with grpc.insecure_channel(address) as channel:
                       metadata=auth(bot))
     assert got.key.id == added.key_id and got.key.type == pb.KEY_TYPE_JSON, got
     print(f"ok  GetKey (as py-bot): expires {got.key.expiration_date.ToJsonString()}")
+
+    # The proto3 JSON of the gRPC answer is the REST body, field for field.
+    rest = urllib.request.Request(f"{AUDIENCE}/users/py-bot/keys/{added.key_id}",
+                                  headers={"authorization": auth(bot)[0][1]})
+    with urllib.request.urlopen(rest) as res:
+        rest_body = json.load(res)
+    grpc_json = json_format.MessageToDict(got)
+    if grpc_json != rest_body:
+        sys.exit(f"proto3 JSON {grpc_json} != REST body {rest_body}")
+    print("ok  GetKey's proto3 JSON equals the REST body")
 
     second = keys.AddKey(pb.AddKeyRequest(user_id="py-bot"), metadata=auth(bot))
     page = keys.ListKeys(pb.ListKeysRequest(user_id="py-bot", query=pb.ListQuery(asc=True)),
