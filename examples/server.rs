@@ -209,6 +209,12 @@ async fn main() -> ExitCode {
             }),
         )
         .merge(protected);
+    // With `grpc`: the proto file, for generating clients (grpcurl's -proto).
+    #[cfg(feature = "grpc")]
+    let app = app.route(
+        "/proto/jwtprofile/v1/machine_keys.proto",
+        get(|| async { jwt_profile::grpc::PROTO }),
+    );
 
     eprintln!(
         "accepting assertions for audience(s): {}",

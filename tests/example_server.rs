@@ -427,10 +427,24 @@ async fn the_example_server_serves_rest_and_grpc_on_one_port() {
         .await
         .expect_err("removed key");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    // REST still answers on the same port, over HTTP/1.1.
+    // REST still answers on the same port, over HTTP/1.1, and so does the
+    // proto file, open to anyone who wants to generate a client.
     assert_eq!(
         http.send(Method::GET, "/healthz", &[], "").await.status,
         StatusCode::OK
+    );
+    let proto = http
+        .send(
+            Method::GET,
+            "/proto/jwtprofile/v1/machine_keys.proto",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(proto.status, StatusCode::OK);
+    assert_eq!(
+        proto.body,
+        std::fs::read("proto/jwtprofile/v1/machine_keys.proto").expect("proto file")
     );
 }
 
