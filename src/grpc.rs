@@ -90,11 +90,13 @@ impl KeyGrpc {
     }
 
     /// The tonic service, for `tonic::transport::Server::add_service` or
-    /// `tonic::service::Routes`. Messages over [`MAX_BODY_BYTES`] are refused.
-    pub fn into_server(self) -> MachineKeyServiceServer<KeyGrpc> {
-        MachineKeyServiceServer::new(self)
-            .max_decoding_message_size(MAX_BODY_BYTES)
-            .max_encoding_message_size(MAX_BODY_BYTES)
+    /// `tonic::service::Routes`; see [`KeyGrpcServer`].
+    pub fn into_server(self) -> KeyGrpcServer {
+        KeyGrpcServer {
+            inner: MachineKeyServiceServer::new(self)
+                .max_decoding_message_size(MAX_BODY_BYTES)
+                .max_encoding_message_size(MAX_BODY_BYTES),
+        }
     }
 
     /// The service as axum routes under `/jwtprofile.v1.MachineKeyService/`,
@@ -121,6 +123,78 @@ impl KeyGrpc {
         let org = adapter::org(request.metadata().as_ref(), &self.org_header)?;
         Ok((caller, org))
     }
+}
+
+/// The tonic service of [`KeyGrpc`] (`jwtprofile.v1.MachineKeyService`).
+///
+/// It is tonic's generated server with two settings and one translation:
+/// - messages over [`MAX_BODY_BYTES`] are refused (tonic answers
+///   `OUT_OF_RANGE`), as REST bodies over 64 KiB are;
+/// - a request tonic cannot read — bytes that are not the protobuf message, a
+///   truncated frame, no message at all — is `INVALID_ARGUMENT` with the id
+///   `BODY-malformed`, as a malformed REST body is. tonic itself answers
+///   `INTERNAL` there; this crate keeps `INTERNAL` for its own bugs.
+#[derive(Clone, Debug)]
+pub struct KeyGrpcServer {
+    inner: MachineKeyServiceServer<KeyGrpc>,
+}
+
+impl tonic::server::NamedService for KeyGrpcServer {
+    const NAME: &'static str =
+        <MachineKeyServiceServer<KeyGrpc> as tonic::server::NamedService>::NAME;
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ServerFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+            > + Send,
+    >,
+>;
+
+impl<B> tower_service::Service<http::Request<B>> for KeyGrpcServer
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = ServerFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower_service::Service::<http::Request<B>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let answer = self.inner.call(request);
+        Box::pin(async move { answer.await.map(malformed_is_invalid) })
+    }
+}
+
+/// Turns tonic's own `INTERNAL` answer to an unreadable request into
+/// `INVALID_ARGUMENT`. The service's own errors always carry
+/// `grpc-status-details-bin` (see [`status`]); tonic's do not.
+fn malformed_is_invalid(
+    response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers();
+    if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"13")
+        || headers.contains_key("grpc-status-details-bin")
+    {
+        return response;
+    }
+    let told = Status::from_header_map(headers)
+        .map(|s| s.message().to_string())
+        .unwrap_or_default();
+    let err = Error::invalid(
+        "BODY-malformed",
+        format!("request message could not be read: {told}"),
+    );
+    status(&err).into_http()
 }
 
 // ---- errors -----------------------------------------------------------------

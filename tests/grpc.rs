@@ -516,7 +516,7 @@ async fn invalid_messages_are_invalid_argument() {
         ))
         .await
         .expect_err("oversized message");
-    assert_ne!(huge.code(), Code::Ok);
+    assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
     assert!(huge.message().contains("too large"), "{huge:?}");
 }
 
@@ -706,6 +706,60 @@ async fn grpc_web_over_http1_is_answered() {
         .expect("base64 details");
     let status = Status::with_details(Code::NotFound, "", details.into());
     assert_eq!(detail_id(&status), "KEY-not-found");
+}
+
+/// What tonic cannot read is the caller's fault: INVALID_ARGUMENT with
+/// `BODY-malformed`, never INTERNAL (kept for bugs).
+#[tokio::test]
+async fn unreadable_requests_are_invalid_argument_not_internal() {
+    let app = app().await;
+    let auth = format!("Bearer {}", app.admin_token());
+    let headers = [
+        ("content-type", "application/grpc-web+proto"),
+        ("authorization", auth.as_str()),
+    ];
+    let not_protobuf = Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
+    let truncated = Bytes::from_static(&[0, 0, 0, 0, 100, 0x0a, 0x01]);
+    let wrong_type = {
+        // Field 1 (user_id, a string) sent as a varint.
+        Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01])
+    };
+    for (name, body) in [
+        ("not protobuf", not_protobuf),
+        ("truncated frame", truncated),
+        ("wrong wire type", wrong_type),
+        ("no message", Bytes::new()),
+    ] {
+        let res = app.http.send(Method::POST, ADD_KEY, &headers, body).await;
+        assert_eq!(res.status, StatusCode::OK, "{name}: {res:?}");
+        assert_eq!(res.header("grpc-status"), "3", "{name}: {res:?}");
+        assert!(
+            res.header("grpc-message")
+                .replace("%20", " ")
+                .starts_with("request message could not be read"),
+            "{name}: {res:?}"
+        );
+        let details = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(res.header("grpc-status-details-bin").trim_end_matches('='))
+            .expect("base64 details");
+        let status = Status::with_details(Code::InvalidArgument, "", details.into());
+        assert_eq!(detail_id(&status), "BODY-malformed", "{name}");
+    }
+    // The service's own answers are left as they are.
+    let ok = app
+        .http
+        .send(
+            Method::POST,
+            GET_KEY,
+            &headers,
+            grpc_web_frame(&GetKeyRequest {
+                user_id: ADMIN.into(),
+                key_id: app.admin.key_id().into(),
+            }),
+        )
+        .await;
+    let (_, trailers) = grpc_web_frames(ok.body);
+    assert_eq!(trailer(&trailers, "grpc-status"), Some("0"));
 }
 
 #[tokio::test]
