@@ -856,3 +856,121 @@ fn tokio_stream_listener(
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     tokio_stream::wrappers::TcpListenerStream::new(listener)
 }
+
+// ---- properties: no message, however malformed, is INTERNAL -----------------
+
+mod properties {
+    use super::*;
+    use http_body_util::BodyExt;
+    use jwt_profile::grpc::KeyGrpcServer;
+    use jwt_profile::policy::DefaultPolicy;
+    use jwt_profile::store::CachedStore;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+    use tower::ServiceExt;
+
+    fn runtime() -> &'static tokio::runtime::Runtime {
+        static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        RT.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+        })
+    }
+
+    fn server() -> KeyGrpcServer {
+        static SERVER: OnceLock<KeyGrpcServer> = OnceLock::new();
+        SERVER
+            .get_or_init(|| {
+                let keys = KeyService::new(CachedStore::new(MemoryStore::new()))
+                    .with_policy(DefaultPolicy::new().with_admin(ORG, ADMIN));
+                KeyGrpc::new(keys).into_server()
+            })
+            .clone()
+    }
+
+    /// The gRPC status code of one call: `message` (already encoded, or any
+    /// bytes) in one frame, as the administrator.
+    fn call(method: &str, message: Vec<u8>) -> i32 {
+        let mut frame = BytesMut::new();
+        frame.put_u8(0);
+        frame.put_u32(message.len() as u32);
+        frame.put_slice(&message);
+        let mut request = http::Request::post(format!("/jwtprofile.v1.MachineKeyService/{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(frame.freeze()))
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(jwt_profile::Principal::new(ADMIN, ORG, "-"));
+        runtime().block_on(async {
+            let response = server().oneshot(request).await.expect("infallible");
+            let in_headers = response.headers().get("grpc-status").cloned();
+            let collected = response.into_body().collect().await.expect("body");
+            let code = in_headers
+                .or_else(|| {
+                    collected
+                        .trailers()
+                        .and_then(|t| t.get("grpc-status").cloned())
+                })
+                .expect("a grpc-status");
+            code.to_str().expect("ascii").parse().expect("a number")
+        })
+    }
+
+    /// What bad input may get: OK, or a code that blames the input.
+    fn acceptable(code: i32) -> bool {
+        // 0 OK, 3 INVALID_ARGUMENT, 5 NOT_FOUND, 9 FAILED_PRECONDITION,
+        // 11 OUT_OF_RANGE (over 64 KiB).
+        matches!(code, 0 | 3 | 5 | 9 | 11)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_get_internal(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            for method in ["AddKey", "GetKey", "ListKeys", "RemoveKey"] {
+                // An AddKey that decodes to "generate a key" is valid; give
+                // it a public key field so no RSA pair is made per case.
+                let mut message = bytes.clone();
+                if method == "AddKey" {
+                    message.extend_from_slice(&[0x22, 0x01, b'x']);
+                }
+                let code = call(method, message);
+                prop_assert!(acceptable(code), "{method}: {code}");
+            }
+        }
+
+        #[test]
+        fn arbitrary_fields_never_get_internal(
+            user in ".{0,40}",
+            key_type in any::<i32>(),
+            seconds in any::<i64>(),
+            nanos in any::<i32>(),
+            public_key in prop::collection::vec(any::<u8>(), 1..200),
+            offset in any::<u64>(),
+            limit in any::<u32>(),
+        ) {
+            let add = AddKeyRequest {
+                user_id: user.clone(),
+                r#type: key_type,
+                expiration_date: Some(prost_types::Timestamp { seconds, nanos }),
+                public_key,
+            };
+            let code = call("AddKey", add.encode_to_vec());
+            prop_assert!(acceptable(code) && code != 0, "AddKey: {code}");
+            let list = ListKeysRequest {
+                user_id: user.clone(),
+                query: Some(ListQuery { offset, limit, asc: false }),
+            };
+            let code = call("ListKeys", list.encode_to_vec());
+            prop_assert!(acceptable(code), "ListKeys: {code}");
+            let get = GetKeyRequest { user_id: user, key_id: key_type.to_string() };
+            let code = call("GetKey", get.encode_to_vec());
+            prop_assert!(acceptable(code), "GetKey: {code}");
+        }
+    }
+}
