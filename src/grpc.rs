@@ -14,7 +14,8 @@
 //!   [`Error`], and a `grpc-status-details-bin` trailer: a `google.rpc.Status`
 //!   whose one detail is a [`pb::ErrorDetail`] with the error's stable id
 //!   (read it back with [`error_detail`]).
-//! - Messages over 64 KiB are refused, as REST bodies are.
+//! - Messages over 64 KiB are refused, as REST bodies are; a request that
+//!   cannot be read is `INVALID_ARGUMENT` (see [`KeyGrpcServer`]).
 //!
 //! [`KeyGrpc::router`] gives the routes as an axum [`Router`], gRPC and
 //! gRPC-web (through `tonic-web`) on the same path, ready to merge next to the
