@@ -74,6 +74,15 @@ async fn start() -> Setup {
                 .merge(KeyGrpc::new(keys).router())
                 .layer(JwtProfileLayer::new(verifier)),
         );
+    // TCP_NODELAY on accepted connections, as the example server (and
+    // tonic's own server) set it; `BENCH_SERVER_NAGLE=1` leaves it off to
+    // show why: a gRPC answer is two writes (HEADERS+DATA, then trailers).
+    let nagle = std::env::var("BENCH_SERVER_NAGLE").is_ok();
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
+        if !nagle {
+            let _ = tcp.set_nodelay(true);
+        }
+    });
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
     Setup {
         addr,
