@@ -563,13 +563,17 @@ async fn a_key_created_over_grpc_logs_in_over_rest() {
 
 // ---- gRPC-web by hand over HTTP/1.1 -----------------------------------------
 
-fn grpc_web_frame(message: &impl Message) -> Bytes {
-    let body = message.encode_to_vec();
+/// One length-prefixed gRPC (and gRPC-web) message frame around `body`.
+fn frame(body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(5 + body.len());
     out.put_u8(0);
     out.put_u32(body.len() as u32);
-    out.put_slice(&body);
+    out.put_slice(body);
     out.freeze()
+}
+
+fn grpc_web_frame(message: &impl Message) -> Bytes {
+    frame(&message.encode_to_vec())
 }
 
 /// Splits a gRPC-web response body into its data frames and its trailers.
@@ -893,14 +897,10 @@ mod properties {
     /// The gRPC status code of one call: `message` (already encoded, or any
     /// bytes) in one frame, as the administrator.
     fn call(method: &str, message: Vec<u8>) -> i32 {
-        let mut frame = BytesMut::new();
-        frame.put_u8(0);
-        frame.put_u32(message.len() as u32);
-        frame.put_slice(&message);
         let mut request = http::Request::post(format!("/jwtprofile.v1.MachineKeyService/{method}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(http_body_util::Full::new(frame.freeze()))
+            .body(http_body_util::Full::new(frame(&message)))
             .expect("request");
         request
             .extensions_mut()
