@@ -233,7 +233,7 @@ async fn main() -> ExitCode {
     // without it, 1.1-1.4x with it; BENCHMARKS.md).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY not set: {e}");
+            eprintln!("TCP_NODELAY not set on a connection: {e}");
         }
     });
     match axum::serve(listener, app)

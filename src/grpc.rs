@@ -287,107 +287,116 @@ fn key(k: &MachineKey) -> pb::Key {
 
 // ---- the service --------------------------------------------------------------
 
+/// The gRPC answer of one operation: the message, or the error's status.
+fn reply<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|e| status(&e))
+}
+
+impl KeyGrpc {
+    async fn add(&self, request: &Request<pb::AddKeyRequest>) -> Result<pb::AddKeyResponse, Error> {
+        let (caller, org) = self.context(request)?;
+        let body = request.get_ref();
+        let create = CreateKey {
+            key_type: adapter::key_type_number(i64::from(body.r#type))?,
+            expiration_date: expiration(body.expiration_date)?,
+            public_key: Some(body.public_key.clone()).filter(|k| !k.is_empty()),
+        };
+        let created = self
+            .service
+            .create(caller, org, &body.user_id, create)
+            .await?;
+        Ok(pb::AddKeyResponse {
+            key_id: created.key.id.clone(),
+            key_details: created
+                .key_file
+                .map(|file| file.to_json())
+                .unwrap_or_default(),
+            details: Some(details(&created.key.details)),
+        })
+    }
+
+    async fn get(&self, request: &Request<pb::GetKeyRequest>) -> Result<pb::GetKeyResponse, Error> {
+        let (caller, org) = self.context(request)?;
+        let body = request.get_ref();
+        let found = self
+            .service
+            .get(caller, org, &body.user_id, &body.key_id)
+            .await?;
+        Ok(pb::GetKeyResponse {
+            key: Some(key(&found)),
+        })
+    }
+
+    async fn list(
+        &self,
+        request: &Request<pb::ListKeysRequest>,
+    ) -> Result<pb::ListKeysResponse, Error> {
+        let (caller, org) = self.context(request)?;
+        let body = request.get_ref();
+        let query = body.query.unwrap_or_default();
+        let list = ListKeys {
+            offset: query.offset,
+            limit: query.limit,
+            asc: query.asc,
+        };
+        let page = self.service.list(caller, org, &body.user_id, list).await?;
+        Ok(pb::ListKeysResponse {
+            details: Some(pb::ListDetails {
+                total_result: page.total,
+                view_timestamp: Some(timestamp(page.view_timestamp)),
+            }),
+            result: page.keys.iter().map(key).collect(),
+        })
+    }
+
+    async fn remove(
+        &self,
+        request: &Request<pb::RemoveKeyRequest>,
+    ) -> Result<pb::RemoveKeyResponse, Error> {
+        let (caller, org) = self.context(request)?;
+        let body = request.get_ref();
+        let removed = self
+            .service
+            .remove(caller, org, &body.user_id, &body.key_id)
+            .await?;
+        Ok(pb::RemoveKeyResponse {
+            details: Some(pb::ObjectDetails {
+                sequence: removed.sequence,
+                creation_date: None,
+                change_date: Some(timestamp(removed.change_date)),
+                resource_owner: removed.resource_owner,
+            }),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl MachineKeyService for KeyGrpc {
     async fn add_key(
         &self,
         request: Request<pb::AddKeyRequest>,
     ) -> Result<Response<pb::AddKeyResponse>, Status> {
-        async {
-            let (caller, org) = self.context(&request)?;
-            let body = request.get_ref();
-            let create = CreateKey {
-                key_type: adapter::key_type_number(i64::from(body.r#type))?,
-                expiration_date: expiration(body.expiration_date)?,
-                public_key: Some(body.public_key.clone()).filter(|k| !k.is_empty()),
-            };
-            let created = self
-                .service
-                .create(caller, org, &body.user_id, create)
-                .await?;
-            Ok(pb::AddKeyResponse {
-                key_id: created.key.id.clone(),
-                key_details: created
-                    .key_file
-                    .map(|file| file.to_json())
-                    .unwrap_or_default(),
-                details: Some(details(&created.key.details)),
-            })
-        }
-        .await
-        .map(Response::new)
-        .map_err(|e: Error| status(&e))
+        reply(self.add(&request).await)
     }
 
     async fn get_key(
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        async {
-            let (caller, org) = self.context(&request)?;
-            let body = request.get_ref();
-            let found = self
-                .service
-                .get(caller, org, &body.user_id, &body.key_id)
-                .await?;
-            Ok(pb::GetKeyResponse {
-                key: Some(key(&found)),
-            })
-        }
-        .await
-        .map(Response::new)
-        .map_err(|e: Error| status(&e))
+        reply(self.get(&request).await)
     }
 
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        async {
-            let (caller, org) = self.context(&request)?;
-            let body = request.get_ref();
-            let query = body.query.unwrap_or_default();
-            let list = ListKeys {
-                offset: query.offset,
-                limit: query.limit,
-                asc: query.asc,
-            };
-            let page = self.service.list(caller, org, &body.user_id, list).await?;
-            Ok(pb::ListKeysResponse {
-                details: Some(pb::ListDetails {
-                    total_result: page.total,
-                    view_timestamp: Some(timestamp(page.view_timestamp)),
-                }),
-                result: page.keys.iter().map(key).collect(),
-            })
-        }
-        .await
-        .map(Response::new)
-        .map_err(|e: Error| status(&e))
+        reply(self.list(&request).await)
     }
 
     async fn remove_key(
         &self,
         request: Request<pb::RemoveKeyRequest>,
     ) -> Result<Response<pb::RemoveKeyResponse>, Status> {
-        async {
-            let (caller, org) = self.context(&request)?;
-            let body = request.get_ref();
-            let removed = self
-                .service
-                .remove(caller, org, &body.user_id, &body.key_id)
-                .await?;
-            Ok(pb::RemoveKeyResponse {
-                details: Some(pb::ObjectDetails {
-                    sequence: removed.sequence,
-                    creation_date: None,
-                    change_date: Some(timestamp(removed.change_date)),
-                    resource_owner: removed.resource_owner,
-                }),
-            })
-        }
-        .await
-        .map(Response::new)
-        .map_err(|e: Error| status(&e))
+        reply(self.remove(&request).await)
     }
 }

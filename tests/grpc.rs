@@ -51,6 +51,27 @@ fn authed<T>(message: T, token: &str, org: Option<&str>) -> Request<T> {
     req
 }
 
+fn get_req(user: &str, key: &str) -> GetKeyRequest {
+    GetKeyRequest {
+        user_id: user.into(),
+        key_id: key.into(),
+    }
+}
+
+fn remove_req(user: &str, key: &str) -> RemoveKeyRequest {
+    RemoveKeyRequest {
+        user_id: user.into(),
+        key_id: key.into(),
+    }
+}
+
+fn list_req(user: &str) -> ListKeysRequest {
+    ListKeysRequest {
+        user_id: user.into(),
+        query: None,
+    }
+}
+
 fn detail_id(status: &Status) -> String {
     error_detail(status)
         .unwrap_or_else(|| panic!("no ErrorDetail in {status:?}"))
@@ -86,14 +107,7 @@ async fn a_tonic_client_adds_gets_lists_and_removes_keys() {
     assert_eq!(file.user_id, "ci-bot");
 
     let got = grpc
-        .get_key(authed(
-            GetKeyRequest {
-                user_id: "ci-bot".into(),
-                key_id: added.key_id.clone(),
-            },
-            &token,
-            None,
-        ))
+        .get_key(authed(get_req("ci-bot", &added.key_id), &token, None))
         .await
         .expect("GetKey")
         .into_inner()
@@ -151,14 +165,7 @@ async fn a_tonic_client_adds_gets_lists_and_removes_keys() {
     );
 
     let removed = grpc
-        .remove_key(authed(
-            RemoveKeyRequest {
-                user_id: "ci-bot".into(),
-                key_id: added.key_id.clone(),
-            },
-            &token,
-            None,
-        ))
+        .remove_key(authed(remove_req("ci-bot", &added.key_id), &token, None))
         .await
         .expect("RemoveKey")
         .into_inner()
@@ -168,14 +175,7 @@ async fn a_tonic_client_adds_gets_lists_and_removes_keys() {
     assert_eq!(removed.resource_owner, ORG);
 
     let gone = grpc
-        .get_key(authed(
-            GetKeyRequest {
-                user_id: "ci-bot".into(),
-                key_id: added.key_id.clone(),
-            },
-            &token,
-            None,
-        ))
+        .get_key(authed(get_req("ci-bot", &added.key_id), &token, None))
         .await
         .expect_err("removed key");
     assert_eq!(gone.code(), Code::NotFound);
@@ -186,10 +186,7 @@ async fn a_tonic_client_adds_gets_lists_and_removes_keys() {
 async fn no_or_bad_credentials_are_unauthenticated() {
     let app = app().await;
     let mut grpc = client(&app).await;
-    let get = || GetKeyRequest {
-        user_id: ADMIN.into(),
-        key_id: "1".into(),
-    };
+    let get = || get_req(ADMIN, "1");
 
     let none = grpc.get_key(get()).await.expect_err("no credentials");
     assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
@@ -213,23 +210,13 @@ async fn no_or_bad_credentials_are_unauthenticated() {
     // A removed key no longer logs in over gRPC either.
     let machine = app.machine("robot", None).await;
     let token = machine.sign(&app.audience).expect("sign");
-    let mine = ListKeysRequest {
-        user_id: "robot".into(),
-        query: None,
-    };
+    let mine = list_req("robot");
     grpc.list_keys(authed(mine.clone(), &token, None))
         .await
         .expect("valid key");
-    grpc.remove_key(authed(
-        RemoveKeyRequest {
-            user_id: "robot".into(),
-            key_id: machine.key_id().into(),
-        },
-        &token,
-        None,
-    ))
-    .await
-    .expect("remove own key");
+    grpc.remove_key(authed(remove_req("robot", machine.key_id()), &token, None))
+        .await
+        .expect("remove own key");
     let after = grpc
         .list_keys(authed(mine, &token, None))
         .await
@@ -244,27 +231,13 @@ async fn unknown_keys_are_not_found() {
     let token = app.admin_token();
     for (user, key) in [(ADMIN, "424242424242424242"), ("nobody", "1")] {
         let get = grpc
-            .get_key(authed(
-                GetKeyRequest {
-                    user_id: user.into(),
-                    key_id: key.into(),
-                },
-                &token,
-                None,
-            ))
+            .get_key(authed(get_req(user, key), &token, None))
             .await
             .expect_err("unknown key");
         assert_eq!(get.code(), Code::NotFound, "{get:?}");
         assert_eq!(detail_id(&get), "KEY-not-found");
         let remove = grpc
-            .remove_key(authed(
-                RemoveKeyRequest {
-                    user_id: user.into(),
-                    key_id: key.into(),
-                },
-                &token,
-                None,
-            ))
+            .remove_key(authed(remove_req(user, key), &token, None))
             .await
             .expect_err("unknown key");
         assert_eq!(remove.code(), Code::NotFound, "{remove:?}");
@@ -272,10 +245,7 @@ async fn unknown_keys_are_not_found() {
     // The admin's own key, asked for in another organization, is not there.
     let other_org = grpc
         .get_key(authed(
-            GetKeyRequest {
-                user_id: ADMIN.into(),
-                key_id: app.admin.key_id().into(),
-            },
+            get_req(ADMIN, app.admin.key_id()),
             &token,
             Some("elsewhere"),
         ))
@@ -406,10 +376,7 @@ async fn a_store_outage_is_unavailable_never_unauthenticated() {
     .await;
     let mut grpc = client(&app).await;
     let token = app.admin_token();
-    let list = || ListKeysRequest {
-        user_id: ADMIN.into(),
-        query: None,
-    };
+    let list = || list_req(ADMIN);
     grpc.list_keys(authed(list(), &token, None))
         .await
         .expect("store up");
@@ -660,10 +627,7 @@ async fn grpc_web_over_http1_is_answered() {
     );
 
     // grpc-web-text: the same exchange in base64.
-    let get = GetKeyRequest {
-        user_id: "browser-bot".into(),
-        key_id: added.key_id.clone(),
-    };
+    let get = get_req("browser-bot", &added.key_id);
     let text_headers = [
         ("content-type", "application/grpc-web-text"),
         ("accept", "application/grpc-web-text"),
@@ -690,10 +654,7 @@ async fn grpc_web_over_http1_is_answered() {
 
     // An error: tonic answers trailers-only, so the status and its details
     // come in the response headers and the body is empty.
-    let missing = GetKeyRequest {
-        user_id: "browser-bot".into(),
-        key_id: "1".into(),
-    };
+    let missing = get_req("browser-bot", "1");
     let res = app
         .http
         .send(Method::POST, GET_KEY, &headers, grpc_web_frame(&missing))
@@ -756,10 +717,7 @@ async fn unreadable_requests_are_invalid_argument_not_internal() {
             Method::POST,
             GET_KEY,
             &headers,
-            grpc_web_frame(&GetKeyRequest {
-                user_id: ADMIN.into(),
-                key_id: app.admin.key_id().into(),
-            }),
+            grpc_web_frame(&get_req(ADMIN, app.admin.key_id())),
         )
         .await;
     let (_, trailers) = grpc_web_frames(ok.body);
@@ -769,10 +727,7 @@ async fn unreadable_requests_are_invalid_argument_not_internal() {
 #[tokio::test]
 async fn grpc_web_without_credentials_is_refused_as_grpc_web() {
     let app = app().await;
-    let get = GetKeyRequest {
-        user_id: ADMIN.into(),
-        key_id: "1".into(),
-    };
+    let get = get_req(ADMIN, "1");
     let res = app
         .http
         .send(
@@ -831,14 +786,7 @@ async fn the_layer_protects_a_tonic_server() {
     let mut grpc = connect(&audience).await;
     let token = signer.sign(&audience).expect("sign");
     let page = grpc
-        .list_keys(authed(
-            ListKeysRequest {
-                user_id: "svc".into(),
-                query: None,
-            },
-            &token,
-            None,
-        ))
+        .list_keys(authed(list_req("svc"), &token, None))
         .await
         .expect("ListKeys behind the layer")
         .into_inner();
@@ -846,10 +794,7 @@ async fn the_layer_protects_a_tonic_server() {
     assert_eq!(page.result[0].id, signer.key_id());
 
     let refused = grpc
-        .list_keys(ListKeysRequest {
-            user_id: "svc".into(),
-            query: None,
-        })
+        .list_keys(list_req("svc"))
         .await
         .expect_err("no credentials");
     assert_eq!(refused.code(), Code::Unauthenticated);
