@@ -40,6 +40,7 @@ fn main() {
                 public_key: public_key.clone(),
                 expiration_date: jwt_profile::key::default_expiration(),
                 created_at: chrono::Utc::now(),
+                max_keys_per_user: None,
             };
             store.insert(key).await.expect("insert");
         }

@@ -23,6 +23,7 @@ fn new_key(id: &str) -> NewKey {
         public_key: generate_rsa_key_pair().expect("key").public_key,
         expiration_date: jwt_profile::key::default_expiration(),
         created_at: chrono::Utc::now(),
+        max_keys_per_user: None,
     }
 }
 

@@ -32,6 +32,27 @@ pub fn default_expiration() -> DateTime<Utc> {
 
 /// The latest date the crate represents, `9999-12-31T23:59:59Z`
 /// (253402300799 seconds after the epoch).
+/// Longest accepted user id, key id or organization id, in bytes.
+pub const MAX_ID_BYTES: usize = 200;
+
+/// What is wrong with an identifier (user id, key id, organization id), or
+/// `None` when it is 1–200 bytes of UTF-8 with no control character and no
+/// `/`. The one home of this rule: the key service checks path and header
+/// values with it, the verifier checks `kid` with it before any store read.
+pub(crate) fn id_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("must not be empty")
+    } else if value.len() > MAX_ID_BYTES {
+        Some("is longer than 200 bytes")
+    } else if value.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if value.contains('/') {
+        Some("contains '/'")
+    } else {
+        None
+    }
+}
+
 pub(crate) fn max_date() -> DateTime<Utc> {
     Utc.timestamp_opt(253_402_300_799, 0)
         .single()
@@ -455,7 +476,6 @@ pub struct MachineKey {
 pub struct VerifyingKey {
     key: MachineKey,
     parsed: [std::sync::OnceLock<Option<ParsedPublicKey>>; 9],
-    stale: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for VerifyingKey {
@@ -473,7 +493,6 @@ impl VerifyingKey {
         let vk = VerifyingKey {
             key,
             parsed: Default::default(),
-            stale: std::sync::atomic::AtomicBool::new(false),
         };
         let default = vk.key.public_key.kind().default_algorithm();
         let _ = vk.parsed_for(default);
@@ -483,17 +502,6 @@ impl VerifyingKey {
     /// The stored key.
     pub fn key(&self) -> &MachineKey {
         &self.key
-    }
-
-    /// Marks this copy as no longer current (the key was removed or the
-    /// cache dropped it). Anything holding it must look the key up again.
-    pub fn mark_stale(&self) {
-        self.stale.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Whether [`mark_stale`](Self::mark_stale) was called.
-    pub fn is_stale(&self) -> bool {
-        self.stale.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn parsed_for(&self, alg: Algorithm) -> Option<&ParsedPublicKey> {

@@ -15,8 +15,7 @@ use crate::policy::{Action, DefaultPolicy, KeyAccess, Policy};
 use crate::principal::Principal;
 use crate::store::{KeyStore, ListQuery, NewKey, StoreError};
 
-/// Longest accepted user id, key id or organization id, in bytes.
-pub const MAX_ID_BYTES: usize = 200;
+pub use crate::key::MAX_ID_BYTES;
 /// Page size when a list request names none (or 0).
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Largest page size a list request may ask for.
@@ -61,18 +60,7 @@ impl IdKind {
 /// assert!(validate_id(IdKind::User, "a/b").is_err());
 /// ```
 pub fn validate_id(kind: IdKind, value: &str) -> Result<(), Error> {
-    let problem = if value.is_empty() {
-        Some("must not be empty")
-    } else if value.len() > MAX_ID_BYTES {
-        Some("is longer than 200 bytes")
-    } else if value.chars().any(char::is_control) {
-        Some("contains a control character")
-    } else if value.contains('/') {
-        Some("contains '/'")
-    } else {
-        None
-    };
-    match problem {
+    match key::id_problem(value) {
         Some(p) => Err(Error::invalid(
             kind.error_id(),
             format!("{} {p}", kind.name()),
@@ -168,11 +156,14 @@ fn store_error(e: StoreError) -> Error {
             "KEY-id-exists",
             "a key with this id exists already",
         ),
-        StoreError::UserInOtherOrg(org) => Error::new(
+        // Which organization is not said: a caller allowed to manage keys
+        // in one organization learns nothing about another.
+        StoreError::UserInOtherOrg(_) => Error::new(
             Code::FailedPrecondition,
             "KEY-user-other-org",
-            format!("the user's keys belong to another organization ({org})"),
+            "the user's keys belong to another organization",
         ),
+        StoreError::KeyLimit(max) => key_limit(max),
         StoreError::Unavailable(why) => {
             tracing::warn!(%why, "key store unavailable");
             Error::new(
@@ -182,6 +173,41 @@ fn store_error(e: StoreError) -> Error {
             )
         }
     }
+}
+
+fn key_limit(max: u64) -> Error {
+    Error::new(
+        Code::ResourceExhausted,
+        "KEY-limit-reached",
+        format!("the user holds {max} keys already; at most {max} are allowed"),
+    )
+}
+
+/// Bounds how many RSA key pairs are generated at once, process-wide:
+/// generation runs on tokio's blocking pool, at most one per core, so
+/// creating keys can neither stall the async executor nor queue unbounded
+/// work.
+fn keygen_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
+/// Generates an RSA-2048 key pair off the async executor.
+async fn generate_key_pair() -> Result<key::GeneratedKeyPair, Error> {
+    let internal = || {
+        Error::new(
+            Code::Internal,
+            "KEY-generation-failed",
+            "RSA key generation failed",
+        )
+    };
+    let _permit = keygen_permits().acquire().await.map_err(|_| internal())?;
+    tokio::task::spawn_blocking(key::generate_rsa_key_pair)
+        .await
+        .map_err(|_| internal())?
 }
 
 fn not_found() -> Error {
@@ -247,8 +273,9 @@ impl KeyService {
         DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
     }
 
-    /// Limits how many keys one user may hold (default: no limit). Creating
-    /// one more is refused with `RESOURCE_EXHAUSTED` (429).
+    /// Limits how many keys one user may hold in its organization (default:
+    /// no limit). Creating one more is refused with `RESOURCE_EXHAUSTED`
+    /// (429); the store checks the limit atomically with the insert.
     pub fn with_max_keys_per_user(mut self, max: u64) -> KeyService {
         self.max_keys_per_user = Some(max);
         self
@@ -329,18 +356,16 @@ impl KeyService {
                 .await
                 .map_err(store_error)?
                 .total;
+            // A cheap early answer; the store checks again atomically with
+            // the insert, so concurrent creates cannot pass the limit.
             if held >= max {
-                return Err(Error::new(
-                    Code::ResourceExhausted,
-                    "KEY-limit-reached",
-                    format!("the user holds {held} keys; at most {max} are allowed"),
-                ));
+                return Err(key_limit(max));
             }
         }
         let (public_key, private_pem) = match request.public_key {
             Some(pem) => (PublicKey::from_pem(&pem)?, None),
             None => {
-                let pair = key::generate_rsa_key_pair()?;
+                let pair = generate_key_pair().await?;
                 (pair.public_key, Some(pair.private_key_pem))
             }
         };
@@ -352,6 +377,7 @@ impl KeyService {
             public_key,
             expiration_date,
             created_at: now,
+            max_keys_per_user: self.max_keys_per_user,
         };
         let key = self.store.insert(new).await.map_err(store_error)?;
         let key_file = private_pem

@@ -38,7 +38,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Code, Error};
-use crate::key::{Algorithm, VerifyingKey};
+use crate::key::Algorithm;
 use crate::principal::Principal;
 use crate::replay::{MAX_JTI_BYTES, ReplayStore};
 use crate::store::{KeyLookup, StoreError};
@@ -281,9 +281,14 @@ struct Inner {
 }
 
 /// An assertion whose form, key and signature were verified; its time
-/// claims are checked again on every use.
+/// claims are checked again on every use. It holds no key: on every use the
+/// key is looked up again (a cache hit) and must still be the same stored
+/// key (id and sequence), so a removal anywhere the key lookup sees it
+/// refuses the assertion at once.
 struct CheckedAssertion {
-    key: Arc<VerifyingKey>,
+    /// The key's id and the sequence it was stored with.
+    key_id: String,
+    key_sequence: u64,
     principal: Principal,
     exp: f64,
     iat: f64,
@@ -369,9 +374,12 @@ impl Verifier {
     /// Remembers up to `max_entries` assertions whose signature was
     /// verified (default 10 000), so a machine that reuses one assertion
     /// for many requests pays for the signature once. Each entry lives no
-    /// longer than the assertion's `exp` (+ leeway) and the key cache's TTL;
-    /// the time claims are checked again on every use, and a key removed
-    /// meanwhile sends the assertion through the full check again.
+    /// longer than the assertion can pass the time rules. An entry holds no
+    /// authority of its own: on every use the key is looked up again and
+    /// must still be the stored key that verified the signature (same id
+    /// and sequence), and the time claims and the key's expiration date are
+    /// checked again — so a removed or expired key refuses the assertion
+    /// at once.
     pub fn with_assertion_cache(self, max_entries: u64) -> Verifier {
         self.with_inner(|inner| inner.checked = Some(assertion_cache(max_entries)))
     }
@@ -410,13 +418,20 @@ impl Verifier {
         if let Some(checked) = &self.inner.checked
             && self.inner.replay.is_none()
             && let Some(hit) = checked.get(token).await
-            && !hit.key.is_stale()
         {
-            check_times(hit.exp, hit.iat, hit.nbf, v, now_secs)?;
-            if hit.key.key().expiration_date <= now {
-                return Err(Reason::KeyExpired.into());
+            // The key as the lookup sees it now; anything else (removed,
+            // replaced, store down) goes through the full check.
+            if let Ok(Some(key)) = self.inner.keys.lookup(&hit.key_id).await
+                && key.key().details.sequence == hit.key_sequence
+                && key.key().user_id == hit.principal.user_id
+            {
+                check_times(hit.exp, hit.iat, hit.nbf, v, now_secs)?;
+                if key.key().expiration_date <= now {
+                    return Err(Reason::KeyExpired.into());
+                }
+                return Ok(hit.principal.clone());
             }
-            return Ok(hit.principal.clone());
+            checked.invalidate(token).await;
         }
         // 2. Form: three canonical base64url segments.
         let mut parts = token.splitn(4, '.');
@@ -466,8 +481,12 @@ impl Verifier {
         let kid = match header.kid {
             None => return Err(malformed("kid is missing")),
             Some(StrVal::Other) => return Err(malformed("kid is not a string")),
-            Some(StrVal::Str(kid)) if kid.is_empty() => return Err(malformed("kid is empty")),
-            Some(StrVal::Str(kid)) => kid,
+            Some(StrVal::Str(kid)) => match crate::key::id_problem(&kid) {
+                None => kid,
+                // The id rules, before any store read: a kid no key can
+                // have costs nothing.
+                Some(problem) => return Err(malformed(kid_problem(problem))),
+            },
         };
         // 6 (form and values first: cheap, and spares the store and the
         // signature check for tokens that cannot pass anyway).
@@ -526,12 +545,13 @@ impl Verifier {
             .as_ref()
             .filter(|_| self.inner.replay.is_none())
         {
-            let until_exp = (checked.exp + v.leeway - now_secs).max(0.0);
-            let lifetime =
-                Duration::from_secs_f64(until_exp.min(86_400.0)).min(self.inner.keys.ttl());
+            // No longer than the assertion can pass the time rules.
+            let last_valid = checked.exp.min(checked.iat + v.max_age) + v.leeway;
+            let lifetime = Duration::from_secs_f64((last_valid - now_secs).clamp(0.0, 86_400.0));
             if !lifetime.is_zero() {
                 let entry = CheckedAssertion {
-                    key: key.clone(),
+                    key_id: stored.id.clone(),
+                    key_sequence: stored.details.sequence,
                     principal: principal.clone(),
                     exp: checked.exp,
                     iat: checked.iat,
@@ -558,6 +578,16 @@ fn decode_segment<'b>(
     } else {
         *heap = URL_SAFE_NO_PAD.decode(segment).ok()?;
         Some(heap)
+    }
+}
+
+/// The id rule a `kid` broke, as a static description.
+fn kid_problem(problem: &str) -> &'static str {
+    match problem {
+        "must not be empty" => "kid is empty",
+        "is longer than 200 bytes" => "kid is longer than 200 bytes",
+        "contains '/'" => "kid contains '/'",
+        _ => "kid contains a control character",
     }
 }
 

@@ -30,6 +30,7 @@ fn new_key(id: &str, user: &str, org: &str) -> NewKey {
         public_key: public_key(),
         expiration_date: at(1_900_000_000_123),
         created_at: at(1_800_000_000_456),
+        max_keys_per_user: None,
     }
 }
 

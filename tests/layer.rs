@@ -365,10 +365,7 @@ async fn hostile_tokens_are_refused_with_401() {
     };
     let good = signed(json!({"alg": "RS256", "kid": kid}), &claims);
     let parts: Vec<String> = good.split('.').map(str::to_string).collect();
-    let spki = s
-        .store
-        .inner()
-        .get(&kid)
+    let spki = jwt_profile::store::KeyStore::get(&s.store, &kid)
         .await
         .expect("get")
         .expect("key")

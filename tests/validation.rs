@@ -371,10 +371,7 @@ async fn rule3_alg_none_hmac_unknown_and_disallowed_are_refused() {
         .await;
 
     // HS256 keyed with the public key (the classic confusion attack).
-    let spki = fx
-        .store
-        .inner()
-        .get(kid)
+    let spki = jwt_profile::store::KeyStore::get(&fx.store, kid)
         .await
         .expect("get")
         .expect("key")

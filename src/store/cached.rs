@@ -1,4 +1,7 @@
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -16,29 +19,26 @@ use crate::key::{MachineKey, VerifyingKey};
 pub trait KeyLookup: Send + Sync + 'static {
     /// The key with this id (whoever owns it), or `None`.
     async fn lookup(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError>;
-
-    /// How long a found key may be used without asking the store again;
-    /// bounds how long the verifier trusts an assertion it checked before.
-    fn ttl(&self) -> Duration {
-        Duration::from_secs(60)
-    }
 }
 
 /// Settings of a [`CachedStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheSettings {
     /// How long a found key is served from the cache (default 60 s). Bounds
-    /// how long another process keeps accepting a key removed elsewhere.
+    /// how long another process keeps accepting a key removed elsewhere
+    /// when the store has no change feed.
     pub ttl: Duration,
     /// How long an unknown key id is remembered as unknown (default 5 s).
     pub negative_ttl: Duration,
     /// Most entries held (default 100 000).
     pub max_entries: u64,
-    /// Most store reads per second for ids not in the cache (default
-    /// 1 000, with bursts of as many). Past it, lookups of uncached ids are
-    /// answered "unavailable" (503, try again) without asking the store, so
-    /// a flood of made-up `kid`s costs the store a bounded number of reads.
-    /// Keys already cached are not affected.
+    /// Most store reads per second for ids that are not in the directory
+    /// of existing key ids (default 1 000, with bursts of as many). Ids in
+    /// the directory — every key that exists — are never held back by it.
+    /// Past it, an id outside the directory is answered "unknown key"
+    /// without a store read while the directory is current, and
+    /// "unavailable" (503, try again) while it is not (at start, before it
+    /// is loaded, and after the change feed lost notifications).
     pub max_misses_per_second: u32,
 }
 
@@ -70,13 +70,22 @@ impl Expiry<String, Entry> for EntryExpiry {
     }
 }
 
-/// A cache (moka) in front of any [`KeyStore`].
+/// A cache (moka) in front of any [`KeyStore`], with a directory of the
+/// key ids that exist.
 ///
 /// Hits hold the parsed, ready-to-verify key and never touch the store;
-/// unknown ids are remembered briefly so a flood of made-up `kid`s cannot
-/// hammer the store; concurrent misses for one id share one store call.
+/// concurrent misses for one id share one store call; unknown ids are
+/// remembered briefly. The directory — a keyed 64-bit fingerprint of every
+/// stored key id, loaded from the store and kept current by this value's
+/// own writes and by the store's change feed — lets a flood of made-up
+/// `kid`s be refused without store reads while every existing key, a fresh
+/// one included, is still read from the store when it is not cached.
+///
 /// Keys inserted or removed through this value are updated in the cache at
-/// once. Clones share the cache.
+/// once. Clones share the cache. Share one `CachedStore` (clones of it)
+/// between the [`KeyService`](crate::KeyService) and the
+/// [`Verifier`](crate::Verifier), so a removal is seen by the verifier at
+/// once.
 ///
 /// ```
 /// use jwt_profile::store::{CachedStore, MemoryStore};
@@ -89,13 +98,14 @@ pub struct CachedStore {
     cache: Cache<String, Entry>,
     ttl: Duration,
     misses: Arc<MissBudget>,
+    directory: Arc<Directory>,
 }
 
-/// A token bucket of store reads for cache misses.
+/// A token bucket of store reads for ids outside the directory.
 #[derive(Debug)]
 struct MissBudget {
     per_second: f64,
-    state: std::sync::Mutex<(f64, Instant)>,
+    state: Mutex<(f64, Instant)>,
 }
 
 impl MissBudget {
@@ -103,7 +113,7 @@ impl MissBudget {
         let per_second = f64::from(per_second);
         MissBudget {
             per_second,
-            state: std::sync::Mutex::new((per_second, Instant::now())),
+            state: Mutex::new((per_second, Instant::now())),
         }
     }
 
@@ -124,10 +134,165 @@ impl MissBudget {
     }
 }
 
+/// The ids of every stored key, as keyed 64-bit fingerprints (about 18
+/// bytes per key). A fingerprint, not the id: an attacker cannot choose
+/// ids that collide with a listed one (the hash key is random per
+/// process), and a chance collision only costs one store read.
+struct Directory {
+    hasher: RandomState,
+    state: Mutex<DirectoryState>,
+    /// A load is running.
+    loading: AtomicBool,
+    /// The store announces other processes' changes: a loaded directory
+    /// stays current. Without a feed it is reloaded every `refresh`.
+    has_feed: bool,
+    refresh: Duration,
+}
+
+#[derive(Default)]
+struct DirectoryState {
+    ids: HashSet<u64>,
+    /// When the directory was last loaded completely; `None`: never, or
+    /// notifications were lost since.
+    loaded_at: Option<Instant>,
+    /// Changes applied while a load reads the store, replayed on top of its
+    /// snapshot (the snapshot may predate them).
+    during_load: Option<Vec<(u64, bool)>>,
+    /// Counts lost-notification events; a load that saw one begin after it
+    /// started does not make the directory current.
+    flushes: u64,
+    last_attempt: Option<Instant>,
+}
+
+/// What the directory says about an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listing {
+    /// The id is (very likely) stored.
+    Listed,
+    /// The id is not stored, as far as a current directory knows.
+    Unlisted,
+    /// The directory is not current: it cannot tell.
+    Unknown,
+}
+
+impl Directory {
+    fn new(has_feed: bool, refresh: Duration) -> Directory {
+        Directory {
+            hasher: RandomState::new(),
+            state: Mutex::new(DirectoryState::default()),
+            loading: AtomicBool::new(false),
+            has_feed,
+            refresh,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DirectoryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fingerprint(&self, key_id: &str) -> u64 {
+        self.hasher.hash_one(key_id)
+    }
+
+    fn current(&self, state: &DirectoryState) -> bool {
+        state
+            .loaded_at
+            .is_some_and(|at| self.has_feed || at.elapsed() < self.refresh)
+    }
+
+    fn listing(&self, key_id: &str) -> Listing {
+        let f = self.fingerprint(key_id);
+        let state = self.lock();
+        if state.ids.contains(&f) {
+            Listing::Listed
+        } else if self.current(&state) {
+            Listing::Unlisted
+        } else {
+            Listing::Unknown
+        }
+    }
+
+    /// Whether a load should start now (not current, none running, and the
+    /// last attempt at least a second ago).
+    fn wants_load(&self) -> bool {
+        let state = self.lock();
+        !self.current(&state)
+            && !self.loading.load(Ordering::Acquire)
+            && state
+                .last_attempt
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+    }
+
+    fn change(&self, key_id: &str, present: bool) {
+        let f = self.fingerprint(key_id);
+        let mut state = self.lock();
+        if present {
+            state.ids.insert(f);
+        } else {
+            state.ids.remove(&f);
+        }
+        if let Some(log) = &mut state.during_load {
+            log.push((f, present));
+        }
+    }
+
+    /// Notifications may have been lost: not current until reloaded.
+    fn flush(&self) {
+        let mut state = self.lock();
+        state.loaded_at = None;
+        state.flushes += 1;
+    }
+
+    /// Reads every id from the store and makes the directory current.
+    /// Returns false when the store cannot list ids or did not answer.
+    async fn load(&self, store: &dyn KeyStore) -> Result<bool, StoreError> {
+        if self.loading.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let flushes = {
+            let mut state = self.lock();
+            state.during_load = Some(Vec::new());
+            state.last_attempt = Some(Instant::now());
+            state.flushes
+        };
+        let started = Instant::now();
+        let listed = store.key_ids().await;
+        let mut state = self.lock();
+        let log = state.during_load.take().unwrap_or_default();
+        let result = match listed {
+            Ok(Some(ids)) => {
+                let mut set: HashSet<u64> = ids.iter().map(|id| self.fingerprint(id)).collect();
+                for (f, present) in log {
+                    if present {
+                        set.insert(f);
+                    } else {
+                        set.remove(&f);
+                    }
+                }
+                state.ids = set;
+                if state.flushes == flushes {
+                    state.loaded_at = Some(started);
+                }
+                Ok(state.loaded_at.is_some())
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
+        };
+        drop(state);
+        self.loading.store(false, Ordering::Release);
+        result
+    }
+
+    fn len(&self) -> usize {
+        self.lock().ids.len()
+    }
+}
+
 impl std::fmt::Debug for CachedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CachedStore")
             .field("entries", &self.cache.entry_count())
+            .field("directory", &self.directory.len())
             .finish_non_exhaustive()
     }
 }
@@ -138,7 +303,9 @@ impl CachedStore {
         CachedStore::with_settings(store, CacheSettings::default())
     }
 
-    /// A cache with `settings` in front of `store`.
+    /// A cache with `settings` in front of `store`. Within a tokio runtime
+    /// the directory of key ids starts loading at once, in the background;
+    /// [`load_directory`](Self::load_directory) waits for it.
     pub fn with_settings(store: impl KeyStore, settings: CacheSettings) -> CachedStore {
         let cache = Cache::builder()
             .max_capacity(settings.max_entries)
@@ -147,15 +314,74 @@ impl CachedStore {
                 negative_ttl: settings.negative_ttl,
             })
             .build();
-        if let Some(events) = store.events() {
-            follow(events, cache.clone());
-        }
-        CachedStore {
+        // Subscribe before the directory's first load, so no change made
+        // after the snapshot is missed.
+        let events = store.events();
+        let directory = Arc::new(Directory::new(events.is_some(), settings.ttl));
+        let cached = CachedStore {
             store: Arc::new(store),
             cache,
             ttl: settings.ttl,
             misses: Arc::new(MissBudget::new(settings.max_misses_per_second)),
+            directory,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if let Some(events) = events {
+                runtime.spawn(follow(events, cached.downgrade()));
+            }
+            cached.spawn_load(&runtime);
+        } else if events.is_some() {
+            tracing::warn!(
+                "no tokio runtime: changes by other processes reach this cache only by expiry"
+            );
         }
+        cached
+    }
+
+    fn downgrade(&self) -> WeakCachedStore {
+        WeakCachedStore {
+            store: Arc::downgrade(&self.store),
+            cache: self.cache.clone(),
+            directory: Arc::downgrade(&self.directory),
+        }
+    }
+
+    fn spawn_load(&self, runtime: &tokio::runtime::Handle) {
+        if !self.directory.wants_load() {
+            return;
+        }
+        let store = self.store.clone();
+        let directory = self.directory.clone();
+        runtime.spawn(async move {
+            if let Err(why) = directory.load(&*store).await {
+                tracing::warn!(%why, "cannot load the directory of key ids");
+            }
+        });
+    }
+
+    /// Loads the directory of existing key ids from the store now, and
+    /// returns whether it is current (false for a store that cannot list
+    /// its ids). Until it is, ids outside it are held to the miss budget
+    /// with "unavailable" past it.
+    pub async fn load_directory(&self) -> Result<bool, StoreError> {
+        loop {
+            match self.directory.load(&*self.store).await? {
+                true => return Ok(true),
+                false if self.directory.loading.load(Ordering::Acquire) => {
+                    // Another load is running: wait for it.
+                    tokio::task::yield_now().await;
+                }
+                false => {
+                    let state = self.directory.lock();
+                    return Ok(self.directory.current(&state));
+                }
+            }
+        }
+    }
+
+    /// Number of key ids in the directory.
+    pub fn directory_len(&self) -> usize {
+        self.directory.len()
     }
 
     /// How long a found key is served from the cache.
@@ -163,15 +389,10 @@ impl CachedStore {
         self.ttl
     }
 
-    /// The store behind the cache.
-    pub fn inner(&self) -> &Arc<dyn KeyStore> {
-        &self.store
-    }
-
     /// Drops one key id from the cache (found or unknown), after any load
     /// of it in flight; the next lookup asks the store.
     pub async fn invalidate(&self, key_id: &str) {
-        self.forget(key_id).await;
+        forget(&self.cache, key_id).await;
     }
 
     /// Approximate number of cached entries.
@@ -180,11 +401,24 @@ impl CachedStore {
     }
 }
 
+/// What the change feed's follower holds: it ends when the store is gone.
+struct WeakCachedStore {
+    store: Weak<dyn KeyStore>,
+    cache: Cache<String, Entry>,
+    directory: Weak<Directory>,
+}
+
 #[async_trait]
 impl KeyLookup for CachedStore {
     async fn lookup(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError> {
         if let Some(hit) = self.cache.get(key_id).await {
             return Ok(hit);
+        }
+        let listing = self.directory.listing(key_id);
+        if listing != Listing::Listed
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            self.spawn_load(&runtime);
         }
         // Loads and removals of one id go through moka's per-key compute
         // lock, so a load in flight when a key is removed cannot put the old
@@ -198,10 +432,16 @@ impl KeyLookup for CachedStore {
                 if existing.is_some() {
                     return Ok(Op::Nop);
                 }
-                if !misses.take() {
-                    return Err(StoreError::Unavailable(
-                        "too many lookups of unknown keys; try again".to_string(),
-                    ));
+                // Existing keys are always read; the budget only holds back
+                // ids the directory does not know.
+                if listing != Listing::Listed && !misses.take() {
+                    return match listing {
+                        // A current directory says it does not exist.
+                        Listing::Unlisted => Ok(Op::Nop),
+                        _ => Err(StoreError::Unavailable(
+                            "too many lookups of unknown keys; try again".to_string(),
+                        )),
+                    };
                 }
                 let found = store.get(key_id).await?;
                 Ok::<_, StoreError>(Op::Put(found.map(|k| Arc::new(VerifyingKey::new(k)))))
@@ -214,61 +454,48 @@ impl KeyLookup for CachedStore {
             CompResult::Removed(_) | CompResult::StillNone(_) => None,
         })
     }
-
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
 }
 
-impl CachedStore {
-    /// Drops `key_id` from the cache after any load of it in flight.
-    async fn forget(&self, key_id: &str) {
-        forget(&self.cache, key_id).await;
-    }
-}
-
+/// Drops `key_id` from the cache after any load of it in flight.
 async fn forget(cache: &Cache<String, Entry>, key_id: &str) {
     cache
         .entry_by_ref(key_id)
-        .and_compute_with(|existing| async move {
-            // Whoever still holds this copy (the verifier's cache of checked
-            // assertions) must look the key up again.
-            if let Some(Some(key)) = existing.as_ref().map(|e| e.value()) {
-                key.mark_stale();
-            }
-            Op::Remove
-        })
+        .and_compute_with(|_| async { Op::Remove })
         .await;
 }
 
-fn forget_all(cache: &Cache<String, Entry>) {
-    for (_, entry) in cache.iter() {
-        if let Some(key) = entry {
-            key.mark_stale();
+/// Applies changes announced by other processes to the cache and the
+/// directory, until the store is dropped.
+async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: WeakCachedStore) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = events.recv().await;
+        let Some(directory) = target.directory.upgrade() else {
+            return;
+        };
+        match event {
+            Ok(KeyEvent::Inserted(id) | KeyEvent::Changed(id)) => {
+                // Listed before the negative entry goes, so the next
+                // lookup reads the store.
+                directory.change(&id, true);
+                forget(&target.cache, &id).await;
+            }
+            Ok(KeyEvent::Removed(id)) => {
+                forget(&target.cache, &id).await;
+                directory.change(&id, false);
+            }
+            Ok(KeyEvent::Flush) | Err(RecvError::Lagged(_)) => {
+                directory.flush();
+                target.cache.invalidate_all();
+                if let Some(store) = target.store.upgrade()
+                    && let Err(why) = directory.load(&*store).await
+                {
+                    tracing::warn!(%why, "cannot reload the directory of key ids");
+                }
+            }
+            Err(RecvError::Closed) => return,
         }
     }
-    cache.invalidate_all();
-}
-
-/// Applies changes announced by other processes to the cache, until the
-/// store's feed closes (the store was dropped).
-fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, cache: Cache<String, Entry>) {
-    use tokio::sync::broadcast::error::RecvError;
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::warn!(
-            "no tokio runtime: changes by other processes reach this cache only by expiry"
-        );
-        return;
-    };
-    runtime.spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(KeyEvent::Changed(key_id)) => forget(&cache, &key_id).await,
-                Ok(KeyEvent::Flush) | Err(RecvError::Lagged(_)) => forget_all(&cache),
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
 }
 
 #[async_trait]
@@ -276,8 +503,11 @@ impl KeyStore for CachedStore {
     async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
         let id = key.id.clone();
         let inserted = self.store.insert(key).await;
+        if inserted.is_ok() {
+            self.directory.change(&id, true);
+        }
         // Forget a remembered "unknown" for this id.
-        self.forget(&id).await;
+        forget(&self.cache, &id).await;
         inserted
     }
 
@@ -296,12 +526,19 @@ impl KeyStore for CachedStore {
 
     async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
         let removed = self.store.remove(key_id, at).await;
-        self.forget(key_id).await;
+        forget(&self.cache, key_id).await;
+        if matches!(removed, Ok(Some(_))) {
+            self.directory.change(key_id, false);
+        }
         removed
     }
 
     async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
         self.store.allocate_id().await
+    }
+
+    async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+        self.store.key_ids().await
     }
 }
 
@@ -348,6 +585,7 @@ mod tests {
             public_key: generate_rsa_key_pair().map(|p| p.public_key).expect("key"),
             expiration_date: crate::key::default_expiration(),
             created_at: Utc::now(),
+            max_keys_per_user: None,
         }
     }
 

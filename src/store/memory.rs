@@ -55,6 +55,12 @@ impl KeyStore for MemoryStore {
         {
             return Err(StoreError::UserInOtherOrg(first.resource_owner.clone()));
         }
+        if let Some(max) = new.max_keys_per_user {
+            let held = inner.by_user.get(&new.user_id).map_or(0, Vec::len) as u64;
+            if held >= max {
+                return Err(StoreError::KeyLimit(max));
+            }
+        }
         inner.sequence += 1;
         let key = new.into_key(inner.sequence);
         inner.keys.insert(key.id.clone(), key.clone());
@@ -105,6 +111,10 @@ impl KeyStore for MemoryStore {
                 .collect()
         };
         Ok(KeyPage { total, keys })
+    }
+
+    async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(Some(self.lock().keys.keys().cloned().collect()))
     }
 
     async fn remove(

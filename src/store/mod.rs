@@ -25,11 +25,16 @@ pub use postgres::{PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// A change to stored keys made by another process, announced by stores
-/// shared between processes (PostgreSQL). [`CachedStore`] listens and drops
-/// the key from its cache.
+/// shared between processes (PostgreSQL). [`CachedStore`] listens, drops
+/// the key from its cache and updates its directory of existing key ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KeyEvent {
-    /// The key with this id was inserted or removed.
+    /// The key with this id was inserted.
+    Inserted(String),
+    /// The key with this id was removed.
+    Removed(String),
+    /// The key with this id was inserted or removed (which is not known).
     Changed(String),
     /// Changes may have been missed (the feed reconnected): forget everything.
     Flush,
@@ -52,6 +57,10 @@ pub struct NewKey {
     pub expiration_date: DateTime<Utc>,
     /// Creation (and change) time.
     pub created_at: DateTime<Utc>,
+    /// When set, the insert fails with [`StoreError::KeyLimit`] if the user
+    /// already holds this many keys in the organization — checked
+    /// atomically with the insert, so concurrent creates cannot pass it.
+    pub max_keys_per_user: Option<u64>,
 }
 
 impl NewKey {
@@ -112,8 +121,12 @@ pub struct Removed {
 pub enum StoreError {
     /// A key with this id exists already.
     DuplicateId,
-    /// The user already has keys in another organization (named here).
+    /// The user already has keys in another organization (named here, for
+    /// logs; never shown to callers).
     UserInOtherOrg(String),
+    /// The user holds this many keys already: the
+    /// [`max_keys_per_user`](NewKey::max_keys_per_user) of the insert.
+    KeyLimit(u64),
     /// The store cannot be reached (or answered with an I/O error).
     Unavailable(String),
 }
@@ -125,6 +138,7 @@ impl std::fmt::Display for StoreError {
             StoreError::UserInOtherOrg(org) => {
                 write!(f, "the user's keys belong to organization {org}")
             }
+            StoreError::KeyLimit(max) => write!(f, "the user holds {max} keys already"),
             StoreError::Unavailable(why) => write!(f, "key store unavailable: {why}"),
         }
     }
@@ -141,7 +155,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Inserts a key, allocating its sequence. Fails with
     /// [`StoreError::DuplicateId`] when the id is taken and with
     /// [`StoreError::UserInOtherOrg`] when the user has keys in another
-    /// organization — checked atomically with the insert.
+    /// organization, and with [`StoreError::KeyLimit`] when the user holds
+    /// [`max_keys_per_user`](NewKey::max_keys_per_user) keys there already —
+    /// all checked atomically with the insert.
     async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError>;
 
     /// The key with this id, whoever owns it.
@@ -170,6 +186,14 @@ pub trait KeyStore: Send + Sync + 'static {
     fn events(&self) -> Option<tokio::sync::broadcast::Receiver<KeyEvent>> {
         None
     }
+
+    /// Every stored key id, for [`CachedStore`]'s directory of existing
+    /// ids (which answers "unknown key" without a store read). `None` (the
+    /// default) when the store cannot list them: then every unknown id costs
+    /// a store read, within the cache's miss budget.
+    async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -196,6 +220,9 @@ impl<S: KeyStore + ?Sized> KeyStore for std::sync::Arc<S> {
     }
     fn events(&self) -> Option<tokio::sync::broadcast::Receiver<KeyEvent>> {
         (**self).events()
+    }
+    async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+        (**self).key_ids().await
     }
 }
 

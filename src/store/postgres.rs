@@ -167,6 +167,18 @@ async fn listen(pool: PgPool, channel: String, events: broadcast::Sender<KeyEven
     }
 }
 
+/// A notification's payload as an event: `+ID` inserted, `-ID` removed.
+/// The sign is always written, so only the first character is read as one
+/// (a key id may itself start with `+` or `-`).
+fn event_of(payload: &str) -> KeyEvent {
+    match payload.as_bytes().first() {
+        Some(b'+') => KeyEvent::Inserted(payload[1..].to_string()),
+        Some(b'-') => KeyEvent::Removed(payload[1..].to_string()),
+        // From a process that does not say which.
+        _ => KeyEvent::Changed(payload.to_string()),
+    }
+}
+
 /// Forwards notifications as [`KeyEvent`]s. When the connection drops, the
 /// listener reconnects and re-subscribes; anything announced meanwhile is
 /// unknown, so caches are told to forget everything.
@@ -179,7 +191,7 @@ async fn forward(mut listener: PgListener, events: broadcast::Sender<KeyEvent>) 
                     broken = false;
                     let _ = events.send(KeyEvent::Flush);
                 }
-                let _ = events.send(KeyEvent::Changed(n.payload().to_string()));
+                let _ = events.send(event_of(n.payload()));
             }
             // Lost and re-established (eager reconnect).
             Ok(None) => {
@@ -224,6 +236,21 @@ impl KeyStore for PostgresStore {
         {
             return Err(StoreError::UserInOtherOrg(owner));
         }
+        // Still under the user's advisory lock: no concurrent insert for
+        // this user can pass the limit.
+        if let Some(max) = new.max_keys_per_user {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM machine_keys WHERE user_id = $1 AND resource_owner = $2",
+            )
+            .bind(&new.user_id)
+            .bind(&new.resource_owner)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if u64::try_from(held).unwrap_or_default() >= max {
+                return Err(StoreError::KeyLimit(max));
+            }
+        }
         let created = to_millis(new.created_at);
         let sequence: i64 = sqlx::query_scalar(
             "INSERT INTO machine_keys (id, user_id, resource_owner, key_type, public_key, expiration_ms, sequence, created_ms, changed_ms) \
@@ -240,7 +267,7 @@ impl KeyStore for PostgresStore {
         .map_err(db_error)?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(&self.channel)
-            .bind(&new.id)
+            .bind(format!("+{}", new.id))
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -330,7 +357,7 @@ impl KeyStore for PostgresStore {
         // Delivered to every listener when the transaction commits.
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(&self.channel)
-            .bind(key_id)
+            .bind(format!("-{key_id}"))
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -347,6 +374,14 @@ impl KeyStore for PostgresStore {
             .await
             .map_err(db_error)?;
         Ok(Some(id.to_string()))
+    }
+
+    async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+        let ids = sqlx::query_scalar("SELECT id FROM machine_keys")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(Some(ids))
     }
 
     fn events(&self) -> Option<broadcast::Receiver<KeyEvent>> {

@@ -89,7 +89,13 @@ impl SqliteStore {
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn insert(&self, new: NewKey) -> Result<MachineKey, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        // IMMEDIATE takes the write lock first, so the checks below and the
+        // insert are atomic even against other processes on the same file.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
         let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM machine_keys WHERE id = ?")
             .bind(&new.id)
             .fetch_optional(&mut *tx)
@@ -108,6 +114,19 @@ impl KeyStore for SqliteStore {
             && owner != new.resource_owner
         {
             return Err(StoreError::UserInOtherOrg(owner));
+        }
+        if let Some(max) = new.max_keys_per_user {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM machine_keys WHERE user_id = ? AND resource_owner = ?",
+            )
+            .bind(&new.user_id)
+            .bind(&new.resource_owner)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if u64::try_from(held).unwrap_or_default() >= max {
+                return Err(StoreError::KeyLimit(max));
+            }
         }
         let sequence = next_sequence(&mut tx).await?;
         let created = to_millis(new.created_at);
@@ -181,12 +200,24 @@ impl KeyStore for SqliteStore {
         })
     }
 
+    async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+        let ids = sqlx::query_scalar("SELECT id FROM machine_keys")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        Ok(Some(ids))
+    }
+
     async fn remove(
         &self,
         key_id: &str,
         _at: DateTime<Utc>,
     ) -> Result<Option<Removed>, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
         let owner: Option<String> =
             sqlx::query_scalar("DELETE FROM machine_keys WHERE id = ? RETURNING resource_owner")
                 .bind(key_id)
