@@ -525,8 +525,10 @@ impl Verifier {
                 }
                 Some(j) => j,
             };
-            let until = to_datetime(checked.exp + v.leeway);
-            match replay.first_use(checked.issuer, jti, until).await {
+            // Remembered while the assertion could still pass rule 6, and
+            // no longer (SPEC §3 rule 7).
+            let until = to_datetime(checked.exp.min(checked.iat + v.max_age) + v.leeway);
+            match replay.first_use(checked.issuer, jti, until, now).await {
                 Ok(true) => {}
                 Ok(false) => return Err(Reason::Replayed.into()),
                 Err(e) => return Err(VerifyError::Unavailable(e.to_string())),
