@@ -27,8 +27,13 @@ async fn machine(store: &CachedStore, user: &str) -> AssertionSigner {
 }
 
 async fn server(store: &CachedStore, replay: impl ReplayStore) -> Http {
-    let verifier =
-        Verifier::new(store.clone(), Validation::new([AUD])).with_replay_protection(replay);
+    serve_verifier(
+        Verifier::new(store.clone(), Validation::new([AUD])).with_replay_protection(replay),
+    )
+    .await
+}
+
+async fn serve_verifier(verifier: Verifier) -> Http {
     let app = Router::new()
         .route("/", get(|p: Principal| async move { p.user_id }))
         .layer(JwtProfileLayer::new(verifier));
@@ -43,6 +48,15 @@ fn assertion(signer: &AssertionSigner, jti: serde_json::Value) -> String {
     }
     signer.sign_claims(&claims).expect("sign")
 }
+
+/// An assertion with the given times (Unix seconds).
+fn assertion_at(signer: &AssertionSigner, jti: &str, iat: i64, exp: i64) -> String {
+    let claims = json!({"iss": signer.user_id(), "sub": signer.user_id(), "aud": AUD, "iat": iat, "exp": exp, "jti": jti});
+    signer.sign_claims(&claims).expect("sign")
+}
+
+/// 9999-12-31T23:59:59Z, the latest `exp` there is.
+const END_OF_TIME: i64 = 253_402_300_799;
 
 fn random_jti() -> String {
     let mut b = [0u8; 12];
@@ -171,6 +185,121 @@ async fn a_refused_assertion_does_not_use_up_its_jti() {
         .call(Method::GET, "/", &assertion(&bot, json!(jti)), &[], "")
         .await;
     assert_eq!(genuine.status, StatusCode::OK);
+}
+
+/// A full in-memory store refuses (503, code 14) instead of evicting a live
+/// jti: the attack was to fill it with far-future assertions so that the
+/// next ones were forgotten and could be replayed.
+#[tokio::test]
+async fn a_full_memory_store_refuses_new_jtis_and_never_accepts_one_twice() {
+    let store = CachedStore::new(MemoryStore::new());
+    let bot = machine(&store, "bot").await;
+    let replay = MemoryReplayStore::with_capacity(10);
+    let http = server(&store, replay.clone()).await;
+    let now = common::unix_now() as i64;
+    let fillers: Vec<String> = (0..10)
+        .map(|_| assertion_at(&bot, &random_jti(), now, END_OF_TIME))
+        .collect();
+    for token in &fillers {
+        let res = http.call(Method::GET, "/", token, &[], "").await;
+        assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
+    }
+    assert_eq!(replay.len(), 10);
+    let mut accepted = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..10 {
+        let token = assertion_at(&bot, &random_jti(), now, END_OF_TIME);
+        for send in 0..2 {
+            let res = http.call(Method::GET, "/", &token, &[], "").await;
+            if res.status == StatusCode::OK {
+                *accepted.entry(token.clone()).or_default() += 1;
+            }
+            if send == 0 {
+                assert_eq!(
+                    res.status,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "a new jti while full: {:?}",
+                    res.body
+                );
+                assert_eq!(res.code(), 14);
+            }
+        }
+    }
+    assert!(
+        accepted.values().all(|&n| n <= 1),
+        "a token was accepted twice: {accepted:?}"
+    );
+    assert!(accepted.is_empty(), "accepted while full: {accepted:?}");
+    // The fillers were not evicted to make room: still replays.
+    for token in &fillers {
+        let res = http.call(Method::GET, "/", token, &[], "").await;
+        assert_eq!(res.error_id(), "TOKEN-replayed");
+    }
+    assert_eq!(replay.len(), 10);
+}
+
+/// A jti is remembered until iat + max age + leeway when that comes before
+/// exp + leeway, and then forgotten: an exp far in the future does not keep
+/// it (nor fill the store) for centuries.
+#[tokio::test]
+async fn a_jti_is_forgotten_after_iat_plus_max_age_plus_leeway() {
+    let store = CachedStore::new(MemoryStore::new());
+    let bot = machine(&store, "bot").await;
+    let replay = MemoryReplayStore::with_capacity(100);
+    let t0 = common::unix_now() as i64;
+    let clock = jwt_profile::ManualClock::at_unix(t0);
+    let validation = Validation::new([AUD])
+        .max_age(Duration::from_secs(600))
+        .leeway(Duration::from_secs(30));
+    let verifier = Verifier::new(store.clone(), validation)
+        .with_clock(clock.clone())
+        .with_replay_protection(replay.clone());
+    let http = serve_verifier(verifier).await;
+    let first = assertion_at(&bot, &random_jti(), t0, END_OF_TIME);
+    let status = |token: String| {
+        let http = http.clone();
+        async move {
+            let res = http.call(Method::GET, "/", &token, &[], "").await;
+            if res.status == StatusCode::OK {
+                "ok".to_string()
+            } else {
+                res.error_id()
+            }
+        }
+    };
+    assert_eq!(status(first.clone()).await, "ok");
+    assert_eq!(replay.len(), 1);
+    // Just before iat + max age + leeway: still remembered, still a replay.
+    clock.advance_secs(629);
+    assert_eq!(status(first.clone()).await, "TOKEN-replayed");
+    assert_eq!(
+        status(assertion_at(&bot, &random_jti(), t0 + 629, END_OF_TIME)).await,
+        "ok"
+    );
+    assert_eq!(replay.len(), 2, "the first one is still remembered");
+    // Past it: the next insert purges the first one.
+    clock.advance_secs(2);
+    assert_eq!(status(first.clone()).await, "TOKEN-too-old");
+    assert_eq!(
+        status(assertion_at(&bot, &random_jti(), t0 + 631, END_OF_TIME)).await,
+        "ok"
+    );
+    assert_eq!(replay.len(), 2, "the first one was forgotten");
+    // An exp that comes first bounds it instead: exp + leeway.
+    let short = assertion_at(&bot, &random_jti(), t0 + 631, t0 + 700);
+    assert_eq!(status(short.clone()).await, "ok");
+    clock.advance_secs(98); // t0 + 729 < exp + leeway
+    assert_eq!(status(short.clone()).await, "TOKEN-replayed");
+    clock.advance_secs(2); // t0 + 731: past exp + leeway
+    assert_eq!(
+        status(assertion_at(&bot, &random_jti(), t0 + 731, END_OF_TIME)).await,
+        "ok"
+    );
+    assert_eq!(
+        replay.len(),
+        3,
+        "the short one was forgotten after exp + leeway"
+    );
+    assert_eq!(status(short).await, "TOKEN-expired");
 }
 
 #[cfg(feature = "redis")]
