@@ -1,16 +1,20 @@
 //! The crate's main demonstration: the key API and a protected route on one
 //! axum app. Settings come from the environment (SPEC §5):
 //!
-//! | variable | default |
-//! |---|---|
-//! | `JWT_PROFILE_LISTEN` | `127.0.0.1:8080` |
-//! | `JWT_PROFILE_STORE` | `sqlite://jwt-profile.db` (`memory`, `sqlite://PATH`, `postgres://…`) |
-//! | `JWT_PROFILE_AUDIENCE` | `http://<listen address>` (comma-separated for several) |
-//! | `JWT_PROFILE_ADMIN_USER` | `admin` |
-//! | `JWT_PROFILE_ORG` | `default` |
-//! | `JWT_PROFILE_ADMIN_KEY_FILE` | `admin-key.json` |
-//! | `JWT_PROFILE_ASSERTION_CACHE` | `on` (`off`: check every assertion in full) |
-//! | `JWT_PROFILE_REPLAY` | `off` (`memory`, or `redis://HOST:PORT` with feature `redis`) |
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `JWT_PROFILE_LISTEN` | `127.0.0.1:8080` | address to bind |
+//! | `JWT_PROFILE_STORE` | `sqlite://jwt-profile.db` | `memory`, `sqlite://PATH` or `postgres://…` (feature `postgres`) |
+//! | `JWT_PROFILE_AUDIENCE` | `http://<listen address>` | accepted `aud`, comma-separated for several; none left after trimming: exit 2 |
+//! | `JWT_PROFILE_ADMIN_USER` | `admin` | the administrator machine user |
+//! | `JWT_PROFILE_ORG` | `default` | the administrator's organization |
+//! | `JWT_PROFILE_ADMIN_KEY_FILE` | `admin-key.json` | where to write the admin key file |
+//! | `JWT_PROFILE_ASSERTION_CACHE` | `on` | `off`: check every assertion in full |
+//! | `JWT_PROFILE_REPLAY` | `off` | replay protection (SPEC §3 rule 7): `off`, `memory` (this process) or `redis://HOST:PORT` (shared; feature `redis`, Redis with `maxmemory-policy noeviction`) |
+//! | `JWT_PROFILE_MAX_KEYS_PER_USER` | `100` | keys one user may hold; one more is 429; `0` = no limit |
+//!
+//! An empty variable means its default. A value the server cannot use is a
+//! message on stderr and exit code 2, never a silent default.
 //!
 //! Run it with `cargo run --example server`. Built with `--features grpc`, it
 //! also serves `jwtprofile.v1.MachineKeyService` (gRPC and gRPC-web) on the
@@ -26,6 +30,7 @@ use axum::{Json, Router};
 use chrono::{SecondsFormat, Utc};
 use jwt_profile::http::KeyApi;
 use jwt_profile::policy::DefaultPolicy;
+use jwt_profile::replay::MemoryReplayStore;
 use jwt_profile::service::{CreateKey, ListKeys};
 use jwt_profile::store::{CachedStore, KeyStore, MemoryStore};
 use jwt_profile::{JwtProfileLayer, KeyFile, KeyService, Principal, Validation, Verifier};
@@ -41,6 +46,66 @@ fn setting(name: &str, default: &str) -> String {
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| default.to_string())
+}
+
+/// What `JWT_PROFILE_REPLAY` asks for.
+enum ReplayMode {
+    Off,
+    Memory,
+    Redis(String),
+}
+
+fn replay_mode(value: &str) -> Result<ReplayMode, String> {
+    match value {
+        "off" => Ok(ReplayMode::Off),
+        "memory" => Ok(ReplayMode::Memory),
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            if cfg!(feature = "redis") {
+                Ok(ReplayMode::Redis(url.to_string()))
+            } else {
+                Err(format!(
+                    "JWT_PROFILE_REPLAY={:?}: this build has no Redis support; run with `--features redis`",
+                    redacted(url)
+                ))
+            }
+        }
+        other => Err(format!(
+            "JWT_PROFILE_REPLAY={other:?} is not a replay mode; use off, memory or redis://HOST:PORT"
+        )),
+    }
+}
+
+/// `url` without its user and password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        _ => url.to_string(),
+    }
+}
+
+/// `JWT_PROFILE_MAX_KEYS_PER_USER`: `None` for no limit (`0`).
+fn max_keys_per_user(value: &str) -> Result<Option<u64>, String> {
+    match value.trim().parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(format!(
+            "JWT_PROFILE_MAX_KEYS_PER_USER={value:?} is not a number of keys (0 = no limit)"
+        )),
+    }
+}
+
+fn audiences(value: &str) -> Result<Vec<String>, String> {
+    let audiences: Vec<String> = value
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if audiences.is_empty() {
+        return Err(format!(
+            "JWT_PROFILE_AUDIENCE={value:?} names no audience; give one or more, comma-separated"
+        ));
+    }
+    Ok(audiences)
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -152,6 +217,24 @@ async fn main() -> ExitCode {
     let admin_user = setting("JWT_PROFILE_ADMIN_USER", "admin");
     let org = setting("JWT_PROFILE_ORG", "default");
     let key_file = setting("JWT_PROFILE_ADMIN_KEY_FILE", "admin-key.json");
+    // Settings that need nothing else are checked before anything is opened.
+    let replay = match replay_mode(&setting("JWT_PROFILE_REPLAY", "off")) {
+        Ok(mode) => mode,
+        Err(e) => return fail(e),
+    };
+    let max_keys = match max_keys_per_user(&setting("JWT_PROFILE_MAX_KEYS_PER_USER", "100")) {
+        Ok(max) => max,
+        Err(e) => return fail(e),
+    };
+    let assertion_cache = match setting("JWT_PROFILE_ASSERTION_CACHE", "on").as_str() {
+        "on" => true,
+        "off" => false,
+        other => {
+            return fail(format!(
+                "JWT_PROFILE_ASSERTION_CACHE={other:?}: use on or off"
+            ));
+        }
+    };
 
     let store = match open_store(&store_url).await {
         Ok(store) => CachedStore::new(store),
@@ -166,29 +249,73 @@ async fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(format!("cannot read the bound address: {e}")),
     };
-    let audiences: Vec<String> = setting("JWT_PROFILE_AUDIENCE", &format!("http://{addr}"))
-        .split(',')
-        .map(|a| a.trim().to_string())
-        .filter(|a| !a.is_empty())
-        .collect();
+    let audiences = match audiences(&setting("JWT_PROFILE_AUDIENCE", &format!("http://{addr}"))) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
 
-    let keys = KeyService::new(store.clone())
+    let verifier = Verifier::new(store.clone(), Validation::new(audiences.clone()));
+    let verifier = if assertion_cache {
+        verifier
+    } else {
+        verifier.without_assertion_cache()
+    };
+    let verifier = match replay {
+        ReplayMode::Off => {
+            eprintln!("replay protection: off");
+            verifier
+        }
+        ReplayMode::Memory => {
+            let seen = MemoryReplayStore::new();
+            eprintln!(
+                "replay protection: memory (this process only, up to {} live assertions)",
+                seen.capacity()
+            );
+            verifier.with_replay_protection(seen)
+        }
+        #[cfg(feature = "redis")]
+        ReplayMode::Redis(url) => {
+            match jwt_profile::replay::RedisReplayStore::connect(&url).await {
+                Ok(seen) => {
+                    eprintln!("replay protection: Redis at {} (shared)", redacted(&url));
+                    verifier.with_replay_protection(seen)
+                }
+                Err(e) => {
+                    let why = match e {
+                        jwt_profile::store::StoreError::Unavailable(why) => why,
+                        other => other.to_string(),
+                    };
+                    return fail(format!("cannot reach Redis at {}: {why}", redacted(&url)));
+                }
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        ReplayMode::Redis(url) => {
+            // replay_mode refuses it first; kept so that no path panics.
+            return fail(format!(
+                "JWT_PROFILE_REPLAY={:?}: this build has no Redis support",
+                redacted(&url)
+            ));
+        }
+    };
+
+    let keys = KeyService::new(store)
         .with_policy(DefaultPolicy::new().with_admin(org.clone(), admin_user.clone()));
+    let keys = match max_keys {
+        Some(max) => {
+            eprintln!("at most {max} keys per user");
+            keys.with_max_keys_per_user(max)
+        }
+        None => {
+            eprintln!("no limit on keys per user");
+            keys
+        }
+    };
     let admin = Principal::new(admin_user, org, "bootstrap");
     if let Err(e) = bootstrap_admin(&keys, &admin, Path::new(&key_file)).await {
         return fail(e);
     }
 
-    let verifier = Verifier::new(store, Validation::new(audiences.clone()));
-    let verifier = match setting("JWT_PROFILE_ASSERTION_CACHE", "on").as_str() {
-        "on" => verifier,
-        "off" => verifier.without_assertion_cache(),
-        other => {
-            return fail(format!(
-                "JWT_PROFILE_ASSERTION_CACHE={other:?}: use on or off"
-            ));
-        }
-    };
     let protected = Router::new()
         .route("/whoami", get(whoami))
         .merge(KeyApi::new(keys.clone()).router());
