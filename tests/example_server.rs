@@ -159,17 +159,69 @@ fn bad_settings_exit_2_with_a_message() {
             ("JWT_PROFILE_ADMIN_KEY_FILE", "a-file/key.json"),
             "cannot write",
         ),
+        (("JWT_PROFILE_REPLAY", "nonsense"), "JWT_PROFILE_REPLAY"),
+        (("JWT_PROFILE_REPLAY", "on"), "JWT_PROFILE_REPLAY"),
+        (("JWT_PROFILE_AUDIENCE", ","), "JWT_PROFILE_AUDIENCE"),
+        (("JWT_PROFILE_AUDIENCE", " , "), "JWT_PROFILE_AUDIENCE"),
+        (
+            ("JWT_PROFILE_MAX_KEYS_PER_USER", "abc"),
+            "JWT_PROFILE_MAX_KEYS_PER_USER",
+        ),
+        (
+            ("JWT_PROFILE_MAX_KEYS_PER_USER", "-1"),
+            "JWT_PROFILE_MAX_KEYS_PER_USER",
+        ),
+        (
+            ("JWT_PROFILE_ASSERTION_CACHE", "maybe"),
+            "JWT_PROFILE_ASSERTION_CACHE",
+        ),
+        #[cfg(feature = "redis")]
+        (
+            ("JWT_PROFILE_REPLAY", "redis://127.0.0.1:1"),
+            "cannot reach Redis",
+        ),
+        #[cfg(not(feature = "redis"))]
+        (
+            ("JWT_PROFILE_REPLAY", "redis://127.0.0.1:6379"),
+            "no Redis support",
+        ),
     ] {
-        let out = Command::new(example("server"))
-            .current_dir(dir.path())
+        let mut cmd = Command::new(example("server"));
+        cmd.current_dir(dir.path())
             .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
-            .env(env.0, env.1)
-            .output()
-            .expect("run");
-        assert_eq!(out.status.code(), Some(2), "{env:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+            .env(env.0, env.1);
+        let (code, stderr) = run_to_exit(cmd, dir.path());
+        assert_eq!(code, Some(2), "{env:?}: {stderr}");
         assert!(stderr.contains(expect), "{env:?}: {stderr}");
     }
+}
+
+/// Runs `cmd` and returns its exit code and stderr; a server that starts
+/// instead of exiting (a setting silently ignored) is killed after 20 s and
+/// fails the test instead of hanging it.
+fn run_to_exit(mut cmd: Command, dir: &Path) -> (Option<i32>, String) {
+    let err_path = dir.join("stderr.txt");
+    let err = std::fs::File::create(&err_path).expect("stderr file");
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+            panic!("still running after 20 s instead of exiting: {stderr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    (status.code(), stderr)
 }
 
 fn signer_from(path: &Path) -> jwt_profile::AssertionSigner {
@@ -185,12 +237,26 @@ async fn create_machine(
     aud: &str,
     user: &str,
 ) -> jwt_profile::AssertionSigner {
-    let token = admin.sign(aud).expect("sign");
+    create_machine_with(http, &admin.sign(aud).expect("sign"), user).await
+}
+
+/// An assertion for `aud` with a random `jti`, valid for five minutes.
+fn sign_with_jti(signer: &jwt_profile::AssertionSigner, aud: &str) -> String {
+    let mut jti = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut jti).expect("rng");
+    let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+    let now = common::unix_now();
+    let claims = serde_json::json!({"iss": signer.user_id(), "sub": signer.user_id(), "aud": aud, "iat": now, "exp": now + 300, "jti": jti});
+    signer.sign_claims(&claims).expect("sign")
+}
+
+/// Creates a key for `user` with `token` (an administrator's assertion).
+async fn create_machine_with(http: &Http, token: &str, user: &str) -> jwt_profile::AssertionSigner {
     let res = http
         .call(
             Method::POST,
             &format!("/users/{user}/keys"),
-            &token,
+            token,
             &[],
             "{}",
         )
@@ -219,6 +285,115 @@ async fn whoami_status(
     )
     .await
     .status
+}
+
+#[tokio::test]
+async fn replay_memory_accepts_each_jti_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let aud = "https://api.test";
+    let server = start(
+        dir.path(),
+        &[
+            ("JWT_PROFILE_AUDIENCE", aud),
+            ("JWT_PROFILE_REPLAY", "memory"),
+        ],
+    );
+    let admin = signer_from(&dir.path().join("admin-key.json"));
+    let http = Http::new(server.addr.parse().expect("addr"));
+    let token = sign_with_jti(&admin, aud);
+    let first = http.call(Method::GET, "/whoami", &token, &[], "").await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let again = http.call(Method::GET, "/whoami", &token, &[], "").await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(again.error_id(), "TOKEN-replayed");
+    // Another jti is another assertion; none at all is refused.
+    assert_eq!(
+        http.call(Method::GET, "/whoami", &sign_with_jti(&admin, aud), &[], "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let bare = http
+        .call(
+            Method::GET,
+            "/whoami",
+            &admin.sign(aud).expect("sign"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(bare.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(bare.json()["message"], "jti is required");
+}
+
+#[tokio::test]
+async fn replay_is_off_by_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let aud = "https://api.test";
+    let server = start(dir.path(), &[("JWT_PROFILE_AUDIENCE", aud)]);
+    let admin = signer_from(&dir.path().join("admin-key.json"));
+    let http = Http::new(server.addr.parse().expect("addr"));
+    let token = sign_with_jti(&admin, aud);
+    for _ in 0..2 {
+        assert_eq!(
+            http.call(Method::GET, "/whoami", &token, &[], "")
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn max_keys_per_user_is_read_and_0_means_no_limit() {
+    let aud = "https://api.test";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(
+        dir.path(),
+        &[
+            ("JWT_PROFILE_AUDIENCE", aud),
+            ("JWT_PROFILE_STORE", "memory"),
+            ("JWT_PROFILE_MAX_KEYS_PER_USER", "2"),
+        ],
+    );
+    let admin = signer_from(&dir.path().join("admin-key.json"));
+    let http = Http::new(server.addr.parse().expect("addr"));
+    create_machine(&http, &admin, aud, "bot").await;
+    create_machine(&http, &admin, aud, "bot").await;
+    let third = http
+        .call(
+            Method::POST,
+            "/users/bot/keys",
+            &admin.sign(aud).expect("sign"),
+            &[],
+            "{}",
+        )
+        .await;
+    assert_eq!(
+        third.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        third.body
+    );
+    assert_eq!(third.code(), 8);
+    // Another user has a budget of its own.
+    create_machine(&http, &admin, aud, "other").await;
+    drop(server);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(
+        dir.path(),
+        &[
+            ("JWT_PROFILE_AUDIENCE", aud),
+            ("JWT_PROFILE_STORE", "memory"),
+            ("JWT_PROFILE_MAX_KEYS_PER_USER", "0"),
+        ],
+    );
+    let admin = signer_from(&dir.path().join("admin-key.json"));
+    let http = Http::new(server.addr.parse().expect("addr"));
+    for _ in 0..3 {
+        create_machine(&http, &admin, aud, "bot").await;
+    }
 }
 
 #[tokio::test]
@@ -325,6 +500,72 @@ async fn two_servers_on_one_postgres_database() {
         "keys survive a restart on PostgreSQL"
     );
     drop(again);
+    common::backends::drop_schema(&schema).await;
+}
+
+/// Two example servers on one PostgreSQL database and one Redis: of 100
+/// concurrent copies of one assertion spread over both, exactly one is
+/// accepted.
+#[cfg(all(feature = "postgres", feature = "redis"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_replay_protection_through_redis() {
+    let redis = std::env::var("JWT_PROFILE_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    if let Err(e) = jwt_profile::replay::RedisReplayStore::connect(&redis).await {
+        let required = std::env::var("CI").is_ok_and(|v| v == "true")
+            || std::env::var("JWT_PROFILE_TEST_REDIS").is_ok();
+        assert!(
+            !required,
+            "Redis at {redis} is required here but unreachable: {e}"
+        );
+        eprintln!(
+            "SKIPPED: no Redis at {redis} ({e}); set JWT_PROFILE_TEST_REDIS to run this test"
+        );
+        return;
+    }
+    let Some((schema, _)) = common::backends::postgres_schema().await else {
+        return;
+    };
+    let url = format!(
+        "{}?options=-c%20search_path%3D{schema}",
+        common::backends::postgres_url()
+    );
+    let aud = "https://api.test";
+    let env = [
+        ("JWT_PROFILE_STORE", url.as_str()),
+        ("JWT_PROFILE_AUDIENCE", aud),
+        ("JWT_PROFILE_REPLAY", redis.as_str()),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = start(dir.path(), &env);
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let b = start(b_dir.path(), &env);
+    let admin = signer_from(&dir.path().join("admin-key.json"));
+    let servers = [
+        Http::new(a.addr.parse().expect("a")),
+        Http::new(b.addr.parse().expect("b")),
+    ];
+    let bot = create_machine_with(&servers[0], &sign_with_jti(&admin, aud), "bot").await;
+    let token = sign_with_jti(&bot, aud);
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let http = servers[i % 2].clone();
+            let token = token.clone();
+            tokio::spawn(async move { http.call(Method::GET, "/whoami", &token, &[], "").await })
+        })
+        .collect();
+    let (mut ok, mut replayed) = (0, 0);
+    for t in tasks {
+        let res = t.await.expect("join");
+        match res.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::UNAUTHORIZED if res.error_id() == "TOKEN-replayed" => replayed += 1,
+            other => panic!("unexpected {other}: {:?}", res.body),
+        }
+    }
+    assert_eq!((ok, replayed), (1, 99));
+    drop(a);
+    drop(b);
     common::backends::drop_schema(&schema).await;
 }
 
