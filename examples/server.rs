@@ -241,6 +241,13 @@ async fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     eprintln!("key store: {store_url}");
+    // The directory of existing key ids, so a flood of made-up kids is
+    // refused without store reads from the first request on.
+    match store.load_directory().await {
+        Ok(true) => eprintln!("key directory: {} key ids", store.directory_len()),
+        Ok(false) => eprintln!("key directory: not available for this store"),
+        Err(e) => return fail(format!("cannot read the key ids from the store: {e}")),
+    }
     let listener = match tokio::net::TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => return fail(format!("cannot listen on {listen}: {e}")),

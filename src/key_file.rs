@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -268,7 +268,8 @@ impl AssertionSigner {
         self.alg
     }
 
-    /// Signs an assertion for `audience`, issued now and valid for one hour.
+    /// Signs an assertion for `audience`, issued now and valid for one hour,
+    /// with a random `jti` (so it passes replay protection once).
     pub fn sign(&self, audience: &str) -> Result<String, Error> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -278,14 +279,20 @@ impl AssertionSigner {
     }
 
     /// Signs an assertion for `audience` with the given `iat` and `exp`
-    /// (seconds since the Unix epoch).
+    /// (seconds since the Unix epoch) and a random `jti` (96 bits,
+    /// base64url).
     pub fn sign_at(&self, audience: &str, iat: u64, exp: u64) -> Result<String, Error> {
+        let mut jti = [0u8; 12];
+        self.rng
+            .fill(&mut jti)
+            .map_err(|_| bad_key("the system random number generator failed"))?;
         let claims = serde_json::json!({
             "iss": self.user_id,
             "sub": self.user_id,
             "aud": audience,
             "iat": iat,
             "exp": exp,
+            "jti": URL_SAFE_NO_PAD.encode(jti),
         });
         self.sign_claims(&claims)
     }

@@ -317,7 +317,9 @@ async fn replay_memory_accepts_each_jti_once() {
         .call(
             Method::GET,
             "/whoami",
-            &admin.sign(aud).expect("sign"),
+            &admin
+                .sign_claims(&serde_json::json!({"iss": "admin", "sub": "admin", "aud": aud, "iat": common::unix_now(), "exp": common::unix_now() + 300}))
+                .expect("sign"),
             &[],
             "",
         )
