@@ -344,6 +344,83 @@ async fn persistence(b: &dyn Backend) {
     }
 }
 
+async fn key_limit(b: &dyn Backend) {
+    let store = b.store();
+    let limited = |id: &str, max: u64| NewKey {
+        max_keys_per_user: Some(max),
+        ..new_key(id, "capped", "org")
+    };
+    store.insert(limited("l1", 2)).await.expect("first");
+    store.insert(limited("l2", 2)).await.expect("second");
+    assert_eq!(
+        store.insert(limited("l3", 2)).await.err(),
+        Some(StoreError::KeyLimit(2))
+    );
+    assert_eq!(
+        store.get("l3").await.expect("get"),
+        None,
+        "nothing inserted"
+    );
+    // Other users and other limits are not affected.
+    store
+        .insert(NewKey {
+            max_keys_per_user: Some(2),
+            ..new_key("l4", "other", "org")
+        })
+        .await
+        .expect("another user");
+    store
+        .insert(limited("l5", 3))
+        .await
+        .expect("a higher limit");
+    store.remove("l1", Utc::now()).await.expect("remove");
+    store
+        .insert(limited("l6", 3))
+        .await
+        .expect("room after a removal");
+    // Concurrent inserts cannot pass it.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert(NewKey {
+                        max_keys_per_user: Some(4),
+                        ..new_key(&format!("c{i}"), "racer", "org")
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(_) => ok += 1,
+            Err(StoreError::KeyLimit(4)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok, 4);
+}
+
+async fn key_ids(b: &dyn Backend) {
+    let store = b.store();
+    for id in ["k1", "k2", "k3"] {
+        store
+            .insert(new_key(id, "lister", "org"))
+            .await
+            .expect("insert");
+    }
+    store.remove("k2", Utc::now()).await.expect("remove");
+    let mut ids = store
+        .key_ids()
+        .await
+        .expect("key_ids")
+        .expect("every backend lists its ids");
+    ids.sort();
+    assert_eq!(ids, vec!["k1".to_string(), "k3".to_string()]);
+}
+
 macro_rules! conformance {
     ($name:ident, $open:expr) => {
         mod $name {
@@ -384,6 +461,14 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_creates() {
                 run(|b| Box::pin(super::concurrent_creates(b))).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn key_limit() {
+                run(|b| Box::pin(super::key_limit(b))).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn key_ids() {
+                run(|b| Box::pin(super::key_ids(b))).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn persistence() {
