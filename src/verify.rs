@@ -384,11 +384,13 @@ impl Verifier {
         self.with_inner(|inner| inner.checked = Some(assertion_cache(max_entries)))
     }
 
-    /// Accepts each (`iss`, `jti`) once until the assertion expires (SPEC §3
-    /// item 7): `jti` becomes required (a string of at most 256 bytes), a
-    /// second use is refused (`TOKEN-replayed`), and the cache of checked
-    /// assertions is bypassed. When `store` cannot be reached the answer is
-    /// "unavailable" (503), never acceptance.
+    /// Accepts each (`iss`, `jti`) once: `jti` becomes required (a string
+    /// of 1–256 bytes), a second use is refused (`TOKEN-replayed`), and the
+    /// cache of checked assertions is bypassed. Each `jti` is remembered
+    /// until the last moment its assertion could pass the time rules —
+    /// min(`exp`, `iat` + max age) + leeway — whatever `exp` the client
+    /// wrote. When `store` cannot remember one more (full, or unreachable)
+    /// the answer is "unavailable" (503), never acceptance.
     pub fn with_replay_protection(self, store: impl ReplayStore) -> Verifier {
         self.with_inner(|inner| inner.replay = Some(Arc::new(store)))
     }
