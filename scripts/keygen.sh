@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-31}
-cargo build -q --release --example keygen
+cargo bench -q --bench keygen --no-run
+keygen=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/keygen-* | grep -v '\.d$' | head -n 1)
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-ours=$(target/release/examples/keygen "$N" | median)
+ours=$("$keygen" "$N" | median)
 theirs=$(for _ in $(seq "$N"); do
   s=$(date +%s%N); openssl genrsa 2048 >/dev/null 2>&1; e=$(date +%s%N)
   awk -v d=$((e - s)) 'BEGIN { printf "%.2f\n", d / 1e6 }'

@@ -1,4 +1,6 @@
-//! gRPC-style error codes, the JSON error body of SPEC §2 and its HTTP mapping.
+//! gRPC-style error codes, the JSON error body
+//! (`{"code":…,"message":…,"details":[{"@type":…,"id":…,"message":…}]}`)
+//! and its HTTP mapping.
 //!
 //! Every failure the crate reports — from the key service, the verifier or an
 //! adapter — is an [`Error`]: a [`Code`] (the gRPC status code), a stable
@@ -54,7 +56,8 @@ impl Code {
         }
     }
 
-    /// The HTTP status that SPEC §2's table maps this code to.
+    /// The HTTP status for this code (3 and 9 → 400, 16 → 401, 7 → 403,
+    /// 5 → 404, 6 → 409, 8 → 429, 13 → 500, 14 → 503).
     pub fn http_status(self) -> StatusCode {
         match self {
             Code::InvalidArgument | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
@@ -121,7 +124,7 @@ impl Error {
         &self.message
     }
 
-    /// The JSON error body of SPEC §2.
+    /// The JSON error body: code, message and one detail with the stable id.
     pub fn to_body(&self) -> ErrorBody {
         ErrorBody {
             code: self.code.as_i32(),

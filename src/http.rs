@@ -1,4 +1,5 @@
-//! The REST routes of SPEC §2 over [`KeyService`] (feature `axum`).
+//! The REST routes of the key API (ZITADEL-shaped: create, get, list and
+//! remove a machine user's keys) over [`KeyService`] (feature `axum`).
 //!
 //! This module only translates: JSON bodies, path parameters and the
 //! organization header in; proto3-JSON bodies and the JSON error body out.

@@ -54,7 +54,10 @@ struct Options {
 /// hyper 1, tonic).
 ///
 /// By default the token comes from `Authorization: Bearer <token>`, every
-/// request must carry one, and refusals are answered per SPEC §3.
+/// request must carry one, and refusals are answered 401 with
+/// `WWW-Authenticate: Bearer` (and `error="invalid_token"` for a bad token),
+/// 503 when the key store cannot be asked, or a gRPC status for gRPC
+/// requests.
 #[derive(Clone)]
 pub struct JwtProfileLayer {
     verifier: Verifier,

@@ -52,6 +52,7 @@
 //! See the README for the validation rules and a walk-through.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 #[cfg(feature = "axum")]

@@ -56,7 +56,7 @@ where
     }
 }
 
-/// The default policy of SPEC §2: a caller manages its own keys in its own
+/// The default policy: a caller manages its own keys in its own
 /// organization; configured administrators manage any user's keys in any
 /// organization.
 ///

@@ -1,4 +1,4 @@
-//! Replay protection (SPEC §3 rule 7, opt-in): each (`iss`, `jti`) is
+//! Replay protection (opt-in): each (`iss`, `jti`) is
 //! accepted once.
 //!
 //! Turn it on with [`Verifier::with_replay_protection`](crate::Verifier::with_replay_protection);

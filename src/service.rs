@@ -1,5 +1,6 @@
 //! [`KeyService`]: create, get, list and remove machine keys — the one home
-//! of SPEC §2's rules (input, organization scoping, permission, binding).
+//! of the key operations' rules (input, organization scoping, permission,
+//! binding, limits).
 //! The REST adapter (and any other) only translates to and from it.
 
 use std::sync::Arc;
@@ -50,7 +51,7 @@ impl IdKind {
     }
 }
 
-/// Checks an identifier against SPEC §1: 1–200 bytes of UTF-8, no control
+/// Checks an identifier: 1–200 bytes of UTF-8, no control
 /// characters, no `/`.
 ///
 /// ```
@@ -115,7 +116,7 @@ pub struct KeyList {
 
 type IdGenerator = dyn Fn() -> String + Send + Sync;
 
-/// The key operations of SPEC §2 over a [`KeyStore`].
+/// The key operations (create, get, list, remove) over a [`KeyStore`].
 ///
 /// ```
 /// # tokio_test_block(async {

@@ -1,4 +1,4 @@
-//! [`Verifier`]: the rules of SPEC §3 for JWT-profile assertions, with no
+//! [`Verifier`]: the validation rules for JWT-profile assertions, with no
 //! knowledge of tower or HTTP. Call it directly from tests, benchmarks or
 //! other frameworks; [`JwtProfileLayer`](crate::JwtProfileLayer) wraps it.
 //!
@@ -528,7 +528,7 @@ impl Verifier {
                 Some(j) => j,
             };
             // Remembered while the assertion could still pass rule 6, and
-            // no longer (SPEC §3 rule 7).
+            // no longer.
             let until = to_datetime(checked.exp.min(checked.iat + v.max_age) + v.leeway);
             match replay.first_use(checked.issuer, jti, until, now).await {
                 Ok(true) => {}
@@ -662,7 +662,8 @@ fn check_claims<'a>(
     })
 }
 
-/// The time rules of SPEC §3 item 6, with leeway.
+/// The time rules, with leeway L: now < exp + L, iat ≤ now + L,
+/// now − iat ≤ max age + L, nbf ≤ now + L.
 fn check_times(
     exp: f64,
     iat: f64,

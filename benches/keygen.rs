@@ -1,12 +1,13 @@
 //! Times RSA-2048 key generation as the key service does it (aws-lc-rs),
-//! for `scripts/keygen.sh`: `keygen [N]` prints one duration in ms per line.
+//! for `scripts/keygen.sh`: the bench binary, run as `keygen [N]`, prints
+//! one duration in ms per line.
 
 use std::time::Instant;
 
 fn main() {
     let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
+        .skip(1)
+        .find_map(|a| a.parse().ok())
         .unwrap_or(30);
     for _ in 0..n {
         let started = Instant::now();
