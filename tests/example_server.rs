@@ -709,3 +709,67 @@ fn the_grpc_service_example_refuses_then_greets() {
         "{stdout}"
     );
 }
+
+/// `examples/hyper_service.rs`, built as a user would with
+/// `--no-default-features` (no axum, no SQLite) into a target directory of
+/// its own, and run: the layer in front of a plain hyper 1 service.
+#[tokio::test]
+async fn the_hyper_service_example_builds_without_default_features_and_refuses_then_greets() {
+    let outer = example("server");
+    let target = outer
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("no-default-features");
+    let build = Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", &target)
+        .args([
+            "build",
+            "--no-default-features",
+            "--example",
+            "hyper_service",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(
+        build.success(),
+        "the example does not build without default features"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_path = dir.path().join("bot-key.json");
+    let mut child = Command::new(target.join("debug/examples/hyper_service"))
+        .arg(&key_path)
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let server = Server {
+        addr: line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string(),
+        child,
+    };
+    let http = Http::new(server.addr.parse().expect("addr"));
+    let anonymous = http.send(Method::GET, "/", &[], "").await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(anonymous.header("www-authenticate").starts_with("Bearer"));
+    let signer = signer_from(&key_path);
+    let token = signer
+        .sign(&format!("http://{}", server.addr))
+        .expect("sign");
+    let ok = http.call(Method::GET, "/", &token, &[], "").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body, "hello ci-bot\n");
+    let bad = http.call(Method::GET, "/", "a.b.c", &[], "").await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(bad.error_id(), "TOKEN-malformed");
+}
