@@ -1,7 +1,7 @@
 //! Replay protection (SPEC §3 item 7) over real HTTP: in process, and
 //! across two servers sharing the Redis at 127.0.0.1:6379.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

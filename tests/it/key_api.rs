@@ -1,7 +1,7 @@
 //! SPEC §2 over real HTTP: the key routes, their JSON shapes, and every row
 //! of the error table.
 
-mod common;
+use crate::common;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};

@@ -2,7 +2,7 @@
 //! and real answers of every kind match their documented schema exactly
 //! (no undocumented field, no missing required one, right types).
 
-mod common;
+use crate::common;
 
 use common::*;
 use http::{Method, StatusCode};

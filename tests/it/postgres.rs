@@ -2,7 +2,7 @@
 //! and an unreachable database (503, then recovery by itself).
 #![cfg(feature = "postgres")]
 
-mod common;
+use crate::common;
 
 use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};

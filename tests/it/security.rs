@@ -3,7 +3,7 @@
 //! that must not stall the server. Real HTTP servers on 127.0.0.1, real
 //! SQLite files and the real PostgreSQL server.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! the REST tests (REST, gRPC and gRPC-web on one port).
 #![cfg(feature = "grpc")]
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

@@ -8,7 +8,7 @@
 //! Runs on the memory store and on SQLite files; on PostgreSQL too when
 //! `JWT_PROFILE_TEST_POSTGRES` is set (it is in CI).
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 use std::time::Duration;

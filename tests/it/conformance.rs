@@ -1,7 +1,7 @@
 //! One conformance suite for every `KeyStore` backend (SPEC §4). A backend
 //! joins with one line at the bottom: `conformance!(name, opener);`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::OnceLock;

@@ -1,7 +1,7 @@
 //! The example server and the machine_login example, run as the README runs
 //! them: real processes, real files, real HTTP on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;

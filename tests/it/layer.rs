@@ -1,7 +1,7 @@
 //! The tower layer over real HTTP: plain hyper 1 and axum, the response
 //! shapes of SPEC §3, its options, and a table of hostile tokens.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 

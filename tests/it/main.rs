@@ -1,0 +1,20 @@
+//! The integration tests, as one binary (each file a module), so axum,
+//! tonic and sqlx are linked once. Run one area with
+//! `cargo test --all-features --test it -- security::`.
+
+mod common;
+
+mod bounds;
+mod conformance;
+mod example_server;
+mod grpc;
+mod key_api;
+mod keys;
+mod layer;
+mod model;
+mod openapi;
+mod postgres;
+mod properties;
+mod replay;
+mod security;
+mod validation;
