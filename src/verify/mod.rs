@@ -1,0 +1,564 @@
+//! [`Verifier`]: the validation rules for JWT-profile assertions, with no
+//! knowledge of tower or HTTP. Call it directly from tests, benchmarks or
+//! other frameworks; [`JwtProfileLayer`](crate::JwtProfileLayer) wraps it.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use jwt_profile::{KeyService, Principal, Validation, Verifier};
+//! use jwt_profile::key_file::AssertionSigner;
+//! use jwt_profile::service::CreateKey;
+//! use jwt_profile::store::{CachedStore, MemoryStore};
+//!
+//! let store = CachedStore::new(MemoryStore::new());
+//! let keys = KeyService::new(store.clone());
+//! let me = Principal::new("ci-bot", "default", "-");
+//! let created = keys.create(&me, None, "ci-bot", CreateKey::default()).await.unwrap();
+//! let signer = AssertionSigner::from_key_file(&created.key_file.unwrap()).unwrap();
+//!
+//! let verifier = Verifier::new(store, Validation::new(["https://api.example.com"]));
+//! let token = signer.sign("https://api.example.com").unwrap();
+//! let principal = verifier.verify(&token).await.unwrap();
+//! assert_eq!(principal.user_id, "ci-bot");
+//! assert!(verifier.verify("not.a.token").await.is_err());
+//! # });
+//! ```
+
+mod checked;
+mod json;
+mod reason;
+mod validation;
+
+pub use reason::{Reason, VerifyError};
+pub use validation::Validation;
+
+use checked::{CheckedAssertion, DEFAULT_ASSERTION_CACHE_ENTRIES, assertion_cache};
+use json::{AudVal, NumVal, RawClaims, StrVal, parse_claims, parse_header};
+use validation::MAX_NUMERIC_DATE;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use moka::future::Cache;
+
+use crate::clock::{Clock, SystemClock};
+use crate::key::Algorithm;
+use crate::principal::Principal;
+use crate::replay::{MAX_JTI_BYTES, ReplayStore};
+use crate::store::{KeyLookup, StoreError};
+
+/// Validates JWT-profile assertions against the keys of a [`KeyLookup`]
+/// (normally a [`CachedStore`](crate::store::CachedStore)). Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    keys: Arc<dyn KeyLookup>,
+    validation: Validation,
+    clock: Arc<dyn Clock>,
+    checked: Option<Cache<String, Arc<CheckedAssertion>>>,
+    replay: Option<Arc<dyn ReplayStore>>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("validation", &self.inner.validation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn malformed(why: &'static str) -> VerifyError {
+    VerifyError::Invalid(Reason::Malformed(why))
+}
+
+impl Verifier {
+    /// A verifier over `keys` with `validation`, on the system clock, with
+    /// a cache of checked assertions (see
+    /// [`with_assertion_cache`](Self::with_assertion_cache)).
+    pub fn new(keys: impl KeyLookup, validation: Validation) -> Verifier {
+        if validation.audiences.is_empty() {
+            tracing::warn!("jwt-profile verifier has no audience configured: it accepts nothing");
+        }
+        Verifier {
+            inner: Arc::new(Inner {
+                keys: Arc::new(keys),
+                validation,
+                clock: Arc::new(SystemClock),
+                checked: Some(assertion_cache(DEFAULT_ASSERTION_CACHE_ENTRIES)),
+                replay: None,
+            }),
+        }
+    }
+
+    /// The same verifier with `change` applied to its settings.
+    fn with_inner(self, change: impl FnOnce(&mut Inner)) -> Verifier {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        change(&mut inner);
+        Verifier {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same verifier reading time from `clock` (for tests). Its cache of
+    /// checked assertions starts empty.
+    pub fn with_clock(self, clock: impl Clock) -> Verifier {
+        self.with_inner(|inner| {
+            inner.clock = Arc::new(clock);
+            inner.checked = inner
+                .checked
+                .as_ref()
+                .map(|c| assertion_cache(c.policy().max_capacity().unwrap_or(0)));
+        })
+    }
+
+    /// Remembers up to `max_entries` assertions whose signature was
+    /// verified (default 10 000), so a machine that reuses one assertion
+    /// for many requests pays for the signature once. Each entry lives no
+    /// longer than the assertion can pass the time rules. An entry holds no
+    /// authority of its own: on every use the key is looked up again and
+    /// must still be the stored key that verified the signature (same id
+    /// and sequence), and the time claims and the key's expiration date are
+    /// checked again — so a removed or expired key refuses the assertion
+    /// at once.
+    pub fn with_assertion_cache(self, max_entries: u64) -> Verifier {
+        self.with_inner(|inner| inner.checked = Some(assertion_cache(max_entries)))
+    }
+
+    /// Accepts each (`iss`, `jti`) once: `jti` becomes required (a string
+    /// of 1–256 bytes), a second use is refused (`TOKEN-replayed`), and the
+    /// cache of checked assertions is bypassed. Each `jti` is remembered
+    /// until the last moment its assertion could pass the time rules —
+    /// min(`exp`, `iat` + max age) + leeway — whatever `exp` the client
+    /// wrote. When `store` cannot remember one more (full, or unreachable)
+    /// the answer is "unavailable" (503), never acceptance.
+    pub fn with_replay_protection(self, store: impl ReplayStore) -> Verifier {
+        self.with_inner(|inner| inner.replay = Some(Arc::new(store)))
+    }
+
+    /// Checks every assertion in full, every time.
+    pub fn without_assertion_cache(self) -> Verifier {
+        self.with_inner(|inner| inner.checked = None)
+    }
+
+    /// The validation settings.
+    pub fn validation(&self) -> &Validation {
+        &self.inner.validation
+    }
+
+    /// Validates `token` (the compact JWS, without `Bearer `) and returns
+    /// who it proves the caller to be.
+    ///
+    /// The rules run as named steps: size, repeat (an
+    /// assertion checked before), form, header, claims, key, signature,
+    /// replay. Claims are checked before the key (the rules' order puts
+    /// them after the signature): they are cheap, name the issuer the key
+    /// must belong to, and spare the store and the signature check for
+    /// tokens that cannot pass anyway. Which rules a token breaks never
+    /// depends on the order; only which one is reported first.
+    pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        let v = &self.inner.validation;
+        // Size, before any decoding.
+        if token.len() > v.max_token_bytes {
+            return Err(Reason::TooLarge.into());
+        }
+        let now = self.inner.clock.now();
+        let now_secs = now.timestamp_micros() as f64 / 1e6;
+        if let Some(principal) = self.repeat(token, now, now_secs).await? {
+            return Ok(principal);
+        }
+        let mut buffers = Buffers::default();
+        let segments = form(token, &mut buffers)?;
+        let (alg, kid) = header(segments.header, v)?;
+        let claims = parse_claims(segments.payload)?;
+        let checked = check_claims(&claims, v, now_secs)?;
+        let key = self.key(&kid, checked.issuer, alg, now).await?;
+        // Signature over "header.payload", exactly as received.
+        if !key.verify(alg, segments.signing_input, segments.signature) {
+            return Err(Reason::Signature.into());
+        }
+        self.replay(&checked, now).await?;
+        let stored = key.key();
+        let principal = Principal {
+            user_id: stored.user_id.clone(),
+            org_id: stored.resource_owner.clone(),
+            key_id: stored.id.clone(),
+            expires_at: to_datetime(checked.exp),
+            issued_at: to_datetime(checked.iat),
+        };
+        self.remember(token, stored, &checked, &principal, now_secs)
+            .await;
+        Ok(principal)
+    }
+
+    /// A repeat of an assertion checked before: only what can have changed
+    /// since is checked again — the key as the lookup sees it now (it must
+    /// still be the same stored key, not expired) and the time claims.
+    /// `None` sends the token through the full check.
+    async fn repeat(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+        now_secs: f64,
+    ) -> Result<Option<Principal>, VerifyError> {
+        let Some(checked) = self
+            .inner
+            .checked
+            .as_ref()
+            .filter(|_| self.inner.replay.is_none())
+        else {
+            return Ok(None);
+        };
+        let Some(hit) = checked.get(token).await else {
+            return Ok(None);
+        };
+        // Removed, replaced or store down: the full check decides.
+        if let Ok(Some(key)) = self.inner.keys.lookup(&hit.key_id).await
+            && key.key().details.sequence == hit.key_sequence
+            && key.key().user_id == hit.principal.user_id
+        {
+            check_times(hit.exp, hit.iat, hit.nbf, &self.inner.validation, now_secs)?;
+            if key.key().expiration_date <= now {
+                return Err(Reason::KeyExpired.into());
+            }
+            return Ok(Some(hit.principal.clone()));
+        }
+        checked.invalidate(token).await;
+        Ok(None)
+    }
+
+    /// The key: by (`iss`, `kid`), never from the token. It must exist,
+    /// belong to the issuer, not be expired (no leeway) and fit `alg`.
+    async fn key(
+        &self,
+        kid: &str,
+        issuer: &str,
+        alg: Algorithm,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<crate::key::VerifyingKey>, VerifyError> {
+        let key = match self.inner.keys.lookup(kid).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return Err(Reason::UnknownKey.into()),
+            Err(StoreError::Unavailable(why)) => return Err(VerifyError::Unavailable(why)),
+            Err(other) => return Err(VerifyError::Unavailable(other.to_string())),
+        };
+        let stored = key.key();
+        if stored.user_id != issuer {
+            return Err(Reason::UnknownKey.into());
+        }
+        if stored.expiration_date <= now {
+            return Err(Reason::KeyExpired.into());
+        }
+        if !alg.fits(stored.public_key.kind()) {
+            return Err(Reason::AlgorithmMismatch.into());
+        }
+        Ok(key)
+    }
+
+    /// Replay protection, when on: only assertions that passed every other
+    /// rule use up their `jti`, which is remembered while the assertion
+    /// could still pass the time rules, and no longer.
+    async fn replay(&self, checked: &Checked<'_>, now: DateTime<Utc>) -> Result<(), VerifyError> {
+        let Some(replay) = &self.inner.replay else {
+            return Ok(());
+        };
+        let jti = match checked.jti {
+            None => return Err(malformed("jti is required")),
+            Some("") => return Err(malformed("jti is empty")),
+            Some(j) if j.len() > MAX_JTI_BYTES => {
+                return Err(malformed("jti is longer than 256 bytes"));
+            }
+            Some(j) => j,
+        };
+        let v = &self.inner.validation;
+        let until = to_datetime(checked.exp.min(checked.iat + v.max_age) + v.leeway);
+        match replay.first_use(checked.issuer, jti, until, now).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Reason::Replayed.into()),
+            Err(e) => Err(VerifyError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Remembers an accepted assertion (unless replay protection is on: a
+    /// repeat is then a replay), for no longer than it can pass the time
+    /// rules.
+    async fn remember(
+        &self,
+        token: &str,
+        stored: &crate::key::MachineKey,
+        checked: &Checked<'_>,
+        principal: &Principal,
+        now_secs: f64,
+    ) {
+        let Some(cache) = self
+            .inner
+            .checked
+            .as_ref()
+            .filter(|_| self.inner.replay.is_none())
+        else {
+            return;
+        };
+        let v = &self.inner.validation;
+        let last_valid = checked.exp.min(checked.iat + v.max_age) + v.leeway;
+        let lifetime = Duration::from_secs_f64((last_valid - now_secs).clamp(0.0, 86_400.0));
+        if lifetime.is_zero() {
+            return;
+        }
+        let entry = CheckedAssertion {
+            key_id: stored.id.clone(),
+            key_sequence: stored.details.sequence,
+            principal: principal.clone(),
+            exp: checked.exp,
+            iat: checked.iat,
+            nbf: checked.nbf,
+            lifetime,
+        };
+        cache.insert(token.to_owned(), Arc::new(entry)).await;
+    }
+}
+
+/// Room to decode a token's segments on the stack (they nearly always fit),
+/// and on the heap when they do not.
+struct Buffers {
+    header: [u8; 512],
+    payload: [u8; 2048],
+    signature: [u8; 1024],
+    heap: [Vec<u8>; 3],
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            header: [0; 512],
+            payload: [0; 2048],
+            signature: [0; 1024],
+            heap: Default::default(),
+        }
+    }
+}
+
+/// A token's decoded segments and the bytes its signature covers.
+struct Segments<'t, 'b> {
+    header: &'b [u8],
+    payload: &'b [u8],
+    signature: &'b [u8],
+    signing_input: &'t [u8],
+}
+
+/// The form: exactly three canonical base64url segments.
+fn form<'t, 'b>(token: &'t str, buffers: &'b mut Buffers) -> Result<Segments<'t, 'b>, VerifyError> {
+    let mut parts = token.splitn(4, '.');
+    let (Some(h64), Some(p64), Some(s64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed("token must be three base64url segments"));
+    };
+    if h64.is_empty() || p64.is_empty() || s64.is_empty() {
+        return Err(malformed("empty token segment"));
+    }
+    let [h_heap, p_heap, s_heap] = &mut buffers.heap;
+    let header = decode_segment(h64, &mut buffers.header, h_heap)
+        .ok_or_else(|| malformed("header is not canonical base64url"))?;
+    let payload = decode_segment(p64, &mut buffers.payload, p_heap)
+        .ok_or_else(|| malformed("payload is not canonical base64url"))?;
+    let signature = decode_segment(s64, &mut buffers.signature, s_heap)
+        .ok_or_else(|| malformed("signature is not canonical base64url"))?;
+    Ok(Segments {
+        header,
+        payload,
+        signature,
+        signing_input: &token.as_bytes()[..h64.len() + 1 + p64.len()],
+    })
+}
+
+/// The header: no `crit`; `alg` allowed (never `none` or HMAC); `kid` a
+/// string that follows the id rules, checked before any store read.
+fn header<'a>(
+    bytes: &'a [u8],
+    v: &Validation,
+) -> Result<(Algorithm, std::borrow::Cow<'a, str>), VerifyError> {
+    let header = parse_header(bytes)?;
+    if header.crit {
+        return Err(Reason::Crit.into());
+    }
+    let alg = match header.alg {
+        None => return Err(malformed("alg is missing")),
+        Some(StrVal::Other) => return Err(malformed("alg is not a string")),
+        Some(StrVal::Str(name)) => match Algorithm::from_name(&name) {
+            Some(alg) if v.allows(alg) => alg,
+            Some(_) => return Err(Reason::Algorithm("alg not allowed").into()),
+            None if name.eq_ignore_ascii_case("none") => {
+                return Err(Reason::Algorithm("alg none is never accepted").into());
+            }
+            None if name
+                .as_bytes()
+                .get(..2)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"HS")) =>
+            {
+                return Err(Reason::Algorithm("HMAC algorithms are never accepted").into());
+            }
+            None => return Err(Reason::Algorithm("alg not supported").into()),
+        },
+    };
+    let kid = match header.kid {
+        None => return Err(malformed("kid is missing")),
+        Some(StrVal::Other) => return Err(malformed("kid is not a string")),
+        Some(StrVal::Str(kid)) => match crate::key::id_problem(&kid) {
+            None => kid,
+            Some(problem) => return Err(malformed(kid_problem(problem))),
+        },
+    };
+    Ok((alg, kid))
+}
+
+/// Decodes one canonical base64url segment into `stack` when it fits, else
+/// into `heap`; `None` when it is not canonical base64url.
+fn decode_segment<'b>(
+    segment: &str,
+    stack: &'b mut [u8],
+    heap: &'b mut Vec<u8>,
+) -> Option<&'b [u8]> {
+    if base64::decoded_len_estimate(segment.len()) <= stack.len() {
+        let n = URL_SAFE_NO_PAD.decode_slice(segment, stack).ok()?;
+        Some(&stack[..n])
+    } else {
+        *heap = URL_SAFE_NO_PAD.decode(segment).ok()?;
+        Some(heap)
+    }
+}
+
+/// The id rule a `kid` broke, as a static description.
+fn kid_problem(problem: &str) -> &'static str {
+    match problem {
+        "must not be empty" => "kid is empty",
+        "is longer than 200 bytes" => "kid is longer than 200 bytes",
+        "contains '/'" => "kid contains '/'",
+        _ => "kid contains a control character",
+    }
+}
+
+fn to_datetime(secs: f64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros((secs * 1e6) as i64).unwrap_or_default()
+}
+
+struct Checked<'a> {
+    issuer: &'a str,
+    exp: f64,
+    iat: f64,
+    nbf: Option<f64>,
+    jti: Option<&'a str>,
+}
+
+fn check_claims<'a>(
+    c: &'a RawClaims<'_>,
+    v: &Validation,
+    now: f64,
+) -> Result<Checked<'a>, VerifyError> {
+    let iss = required_str(
+        &c.iss,
+        "iss is missing",
+        "iss is not a string",
+        "iss is empty",
+    )?;
+    let sub = required_str(
+        &c.sub,
+        "sub is missing",
+        "sub is not a string",
+        "sub is empty",
+    )?;
+    if iss != sub {
+        return Err(Reason::IssuerSubject.into());
+    }
+    let exp = required_date(c.exp, "exp is missing", "exp is not a valid NumericDate")?;
+    let iat = required_date(c.iat, "iat is missing", "iat is not a valid NumericDate")?;
+    let nbf = match c.nbf {
+        None => None,
+        Some(n) => Some(required_date(
+            Some(n),
+            "",
+            "nbf is not a valid NumericDate",
+        )?),
+    };
+    let audience_ok = match &c.aud {
+        None => return Err(malformed("aud is missing")),
+        Some(AudVal::Other) => {
+            return Err(malformed("aud must be a string or an array of strings"));
+        }
+        Some(AudVal::One(a)) => v.audiences.iter().any(|x| x == a),
+        Some(AudVal::Many(list)) => list.iter().any(|a| v.audiences.iter().any(|x| x == a)),
+    };
+    if !audience_ok {
+        return Err(Reason::Audience.into());
+    }
+    check_times(exp, iat, nbf, v, now)?;
+    let jti = match &c.jti {
+        Some(StrVal::Str(j)) => Some(j.as_ref()),
+        _ => None,
+    };
+    Ok(Checked {
+        issuer: iss,
+        exp,
+        iat,
+        nbf,
+        jti,
+    })
+}
+
+/// The time rules, with leeway L: now < exp + L, iat ≤ now + L,
+/// now − iat ≤ max age + L, nbf ≤ now + L.
+fn check_times(
+    exp: f64,
+    iat: f64,
+    nbf: Option<f64>,
+    v: &Validation,
+    now: f64,
+) -> Result<(), VerifyError> {
+    let l = v.leeway;
+    if now >= exp + l {
+        return Err(Reason::Expired.into());
+    }
+    if iat > now + l {
+        return Err(Reason::IssuedInFuture.into());
+    }
+    if now - iat > v.max_age + l {
+        return Err(Reason::TooOld.into());
+    }
+    if let Some(nbf) = nbf
+        && nbf > now + l
+    {
+        return Err(Reason::NotYetValid.into());
+    }
+    Ok(())
+}
+
+fn required_str<'a>(
+    v: &'a Option<StrVal<'_>>,
+    missing: &'static str,
+    wrong: &'static str,
+    empty: &'static str,
+) -> Result<&'a str, VerifyError> {
+    match v {
+        None => Err(malformed(missing)),
+        Some(StrVal::Other) => Err(malformed(wrong)),
+        Some(StrVal::Str(s)) if s.is_empty() => Err(malformed(empty)),
+        Some(StrVal::Str(s)) => Ok(s),
+    }
+}
+
+fn required_date(
+    v: Option<NumVal>,
+    missing: &'static str,
+    wrong: &'static str,
+) -> Result<f64, VerifyError> {
+    match v {
+        None => Err(malformed(missing)),
+        Some(NumVal::Num(n)) if n.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&n) => Ok(n),
+        Some(_) => Err(malformed(wrong)),
+    }
+}
