@@ -173,14 +173,13 @@ impl Verifier {
         if let Some(principal) = self.repeat(token, now, now_secs).await? {
             return Ok(principal);
         }
-        let mut buffers = Buffers::default();
-        let segments = form(token, &mut buffers)?;
-        let (alg, kid) = header(segments.header, v)?;
-        let claims = parse_claims(segments.payload)?;
+        let segments = form(token)?;
+        let (alg, kid) = header(segments.header(), v)?;
+        let claims = parse_claims(segments.payload())?;
         let checked = check_claims(&claims, v, now_secs)?;
         let key = self.key(&kid, checked.issuer, alg, now).await?;
         // Signature over "header.payload", exactly as received.
-        if !key.verify(alg, segments.signing_input, segments.signature) {
+        if !key.verify(alg, segments.signing_input, segments.signature()) {
             return Err(Reason::Signature.into());
         }
         self.replay(&checked, now).await?;
@@ -323,36 +322,31 @@ impl Verifier {
     }
 }
 
-/// Room to decode a token's segments on the stack (they nearly always fit),
-/// and on the heap when they do not.
-struct Buffers {
-    header: [u8; 512],
-    payload: [u8; 2048],
-    signature: [u8; 1024],
-    heap: [Vec<u8>; 3],
-}
-
-impl Default for Buffers {
-    fn default() -> Self {
-        Buffers {
-            header: [0; 512],
-            payload: [0; 2048],
-            signature: [0; 1024],
-            heap: Default::default(),
-        }
-    }
-}
-
-/// A token's decoded segments and the bytes its signature covers.
-struct Segments<'t, 'b> {
-    header: &'b [u8],
-    payload: &'b [u8],
-    signature: &'b [u8],
+/// A token's decoded segments, in one allocation (a small future: the
+/// segments live across the key lookup), and the bytes its signature
+/// covers.
+struct Segments<'t> {
+    bytes: Vec<u8>,
+    header: std::ops::Range<usize>,
+    payload: std::ops::Range<usize>,
+    signature: std::ops::Range<usize>,
     signing_input: &'t [u8],
 }
 
+impl Segments<'_> {
+    fn header(&self) -> &[u8] {
+        &self.bytes[self.header.clone()]
+    }
+    fn payload(&self) -> &[u8] {
+        &self.bytes[self.payload.clone()]
+    }
+    fn signature(&self) -> &[u8] {
+        &self.bytes[self.signature.clone()]
+    }
+}
+
 /// The form: exactly three canonical base64url segments.
-fn form<'t, 'b>(token: &'t str, buffers: &'b mut Buffers) -> Result<Segments<'t, 'b>, VerifyError> {
+fn form(token: &str) -> Result<Segments<'_>, VerifyError> {
     let mut parts = token.splitn(4, '.');
     let (Some(h64), Some(p64), Some(s64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -362,14 +356,21 @@ fn form<'t, 'b>(token: &'t str, buffers: &'b mut Buffers) -> Result<Segments<'t,
     if h64.is_empty() || p64.is_empty() || s64.is_empty() {
         return Err(malformed("empty token segment"));
     }
-    let [h_heap, p_heap, s_heap] = &mut buffers.heap;
-    let header = decode_segment(h64, &mut buffers.header, h_heap)
-        .ok_or_else(|| malformed("header is not canonical base64url"))?;
-    let payload = decode_segment(p64, &mut buffers.payload, p_heap)
-        .ok_or_else(|| malformed("payload is not canonical base64url"))?;
-    let signature = decode_segment(s64, &mut buffers.signature, s_heap)
-        .ok_or_else(|| malformed("signature is not canonical base64url"))?;
+    let estimate = |s: &str| base64::decoded_len_estimate(s.len());
+    let mut bytes = vec![0u8; estimate(h64) + estimate(p64) + estimate(s64)];
+    let mut at = 0;
+    let mut decode = |segment: &str, what: &'static str| {
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(segment, &mut bytes[at..])
+            .map_err(|_| malformed(what))?;
+        at += n;
+        Ok::<_, VerifyError>(at - n..at)
+    };
+    let header = decode(h64, "header is not canonical base64url")?;
+    let payload = decode(p64, "payload is not canonical base64url")?;
+    let signature = decode(s64, "signature is not canonical base64url")?;
     Ok(Segments {
+        bytes,
         header,
         payload,
         signature,
@@ -415,22 +416,6 @@ fn header<'a>(
         },
     };
     Ok((alg, kid))
-}
-
-/// Decodes one canonical base64url segment into `stack` when it fits, else
-/// into `heap`; `None` when it is not canonical base64url.
-fn decode_segment<'b>(
-    segment: &str,
-    stack: &'b mut [u8],
-    heap: &'b mut Vec<u8>,
-) -> Option<&'b [u8]> {
-    if base64::decoded_len_estimate(segment.len()) <= stack.len() {
-        let n = URL_SAFE_NO_PAD.decode_slice(segment, stack).ok()?;
-        Some(&stack[..n])
-    } else {
-        *heap = URL_SAFE_NO_PAD.decode(segment).ok()?;
-        Some(heap)
-    }
 }
 
 /// The id rule a `kid` broke, as a static description.
