@@ -151,6 +151,29 @@ pub struct JwtProfile<S> {
     options: Arc<Options>,
 }
 
+impl<S> JwtProfile<S> {
+    /// The layer that makes this service, as tower-http's middlewares offer:
+    /// `JwtProfile::layer(verifier)` is `JwtProfileLayer::new(verifier)`.
+    pub fn layer(verifier: Verifier) -> JwtProfileLayer {
+        JwtProfileLayer::new(verifier)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes this service, returning the inner one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S> std::fmt::Debug for JwtProfile<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtProfile").finish_non_exhaustive()

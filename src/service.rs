@@ -287,12 +287,12 @@ impl KeyService {
     fn authorize<'a>(
         &self,
         caller: &'a Principal,
-        org_header: Option<&'a str>,
+        target_org: Option<&'a str>,
         user_id: &'a str,
         action: Action,
     ) -> Result<&'a str, Error> {
         validate_id(IdKind::User, user_id)?;
-        let org_id = match org_header {
+        let org_id = match target_org {
             Some(org) => {
                 validate_id(IdKind::Org, org)?;
                 org
@@ -320,11 +320,11 @@ impl KeyService {
     pub async fn create(
         &self,
         caller: &Principal,
-        org_header: Option<&str>,
+        target_org: Option<&str>,
         user_id: &str,
         request: CreateKey,
     ) -> Result<CreatedKey, Error> {
-        let org_id = self.authorize(caller, org_header, user_id, Action::Create)?;
+        let org_id = self.authorize(caller, target_org, user_id, Action::Create)?;
         let now = self.now();
         let expiration_date = request
             .expiration_date
@@ -390,11 +390,11 @@ impl KeyService {
     pub async fn get(
         &self,
         caller: &Principal,
-        org_header: Option<&str>,
+        target_org: Option<&str>,
         user_id: &str,
         key_id: &str,
     ) -> Result<MachineKey, Error> {
-        let org_id = self.authorize(caller, org_header, user_id, Action::Get)?;
+        let org_id = self.authorize(caller, target_org, user_id, Action::Get)?;
         validate_id(IdKind::Key, key_id)?;
         self.find(org_id, user_id, key_id).await
     }
@@ -410,11 +410,11 @@ impl KeyService {
     pub async fn list(
         &self,
         caller: &Principal,
-        org_header: Option<&str>,
+        target_org: Option<&str>,
         user_id: &str,
         request: ListKeys,
     ) -> Result<KeyList, Error> {
-        let org_id = self.authorize(caller, org_header, user_id, Action::List)?;
+        let org_id = self.authorize(caller, target_org, user_id, Action::List)?;
         let limit = match request.limit {
             0 => DEFAULT_LIST_LIMIT,
             l if l > MAX_LIST_LIMIT => {
@@ -448,11 +448,11 @@ impl KeyService {
     pub async fn remove(
         &self,
         caller: &Principal,
-        org_header: Option<&str>,
+        target_org: Option<&str>,
         user_id: &str,
         key_id: &str,
     ) -> Result<Details, Error> {
-        let org_id = self.authorize(caller, org_header, user_id, Action::Remove)?;
+        let org_id = self.authorize(caller, target_org, user_id, Action::Remove)?;
         validate_id(IdKind::Key, key_id)?;
         let key = self.find(org_id, user_id, key_id).await?;
         let now = self.now();
