@@ -31,7 +31,7 @@ use chrono::{SecondsFormat, Utc};
 use jwt_profile::http::KeyApi;
 use jwt_profile::policy::DefaultPolicy;
 use jwt_profile::replay::MemoryReplayStore;
-use jwt_profile::service::{CreateKey, ListKeys};
+use jwt_profile::service::{CreateKey, IdKind, ListKeys, validate_id};
 use jwt_profile::store::{CachedStore, KeyStore, MemoryStore};
 use jwt_profile::{JwtProfileLayer, KeyFile, KeyService, Principal, Validation, Verifier};
 use serde_json::{Value, json};
@@ -85,7 +85,7 @@ fn redacted(url: &str) -> String {
 
 /// `JWT_PROFILE_MAX_KEYS_PER_USER`: `None` for no limit (`0`).
 fn max_keys_per_user(value: &str) -> Result<Option<u64>, String> {
-    match value.trim().parse::<u64>() {
+    match value.parse::<u64>() {
         Ok(0) => Ok(None),
         Ok(n) => Ok(Some(n)),
         Err(_) => Err(format!(
@@ -138,7 +138,8 @@ async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, String> {
         );
     }
     Err(format!(
-        "JWT_PROFILE_STORE={url:?} is not a store; use memory, sqlite://PATH or postgres://…"
+        "JWT_PROFILE_STORE={:?} is not a store; use memory, sqlite://PATH or postgres://…",
+        redacted(url)
     ))
 }
 
@@ -218,6 +219,14 @@ async fn main() -> ExitCode {
     let org = setting("JWT_PROFILE_ORG", "default");
     let key_file = setting("JWT_PROFILE_ADMIN_KEY_FILE", "admin-key.json");
     // Settings that need nothing else are checked before anything is opened.
+    for (name, value, kind) in [
+        ("JWT_PROFILE_ADMIN_USER", &admin_user, IdKind::User),
+        ("JWT_PROFILE_ORG", &org, IdKind::Org),
+    ] {
+        if let Err(e) = validate_id(kind, value) {
+            return fail(format!("{name}={value:?}: {}", e.message()));
+        }
+    }
     let replay = match replay_mode(&setting("JWT_PROFILE_REPLAY", "off")) {
         Ok(mode) => mode,
         Err(e) => return fail(e),
@@ -240,7 +249,7 @@ async fn main() -> ExitCode {
         Ok(store) => CachedStore::new(store),
         Err(e) => return fail(e),
     };
-    eprintln!("key store: {store_url}");
+    eprintln!("key store: {}", redacted(&store_url));
     // The directory of existing key ids, so a flood of made-up kids is
     // refused without store reads from the first request on.
     match store.load_directory().await {

@@ -99,6 +99,9 @@ pub struct CachedStore {
     ttl: Duration,
     misses: Arc<MissBudget>,
     directory: Arc<Directory>,
+    /// The change feed said it cannot vouch for what the cache holds
+    /// ([`KeyEvent::Stalled`]): every lookup asks the store until it is back.
+    stalled: Arc<AtomicBool>,
 }
 
 /// A token bucket of store reads for ids outside the directory.
@@ -324,6 +327,7 @@ impl CachedStore {
             ttl: settings.ttl,
             misses: Arc::new(MissBudget::new(settings.max_misses_per_second)),
             directory,
+            stalled: Arc::new(AtomicBool::new(false)),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             if let Some(events) = events {
@@ -343,6 +347,7 @@ impl CachedStore {
             store: Arc::downgrade(&self.store),
             cache: self.cache.clone(),
             directory: Arc::downgrade(&self.directory),
+            stalled: self.stalled.clone(),
         }
     }
 
@@ -406,11 +411,15 @@ struct WeakCachedStore {
     store: Weak<dyn KeyStore>,
     cache: Cache<String, Entry>,
     directory: Weak<Directory>,
+    stalled: Arc<AtomicBool>,
 }
 
 #[async_trait]
 impl KeyLookup for CachedStore {
     async fn lookup(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError> {
+        if self.stalled.load(Ordering::Acquire) {
+            return self.lookup_uncached(key_id).await;
+        }
         if let Some(hit) = self.cache.get(key_id).await {
             return Ok(hit);
         }
@@ -456,6 +465,28 @@ impl KeyLookup for CachedStore {
     }
 }
 
+impl CachedStore {
+    /// A lookup that neither reads nor fills the cache, while the change
+    /// feed cannot vouch for it; the miss budget still holds back ids the
+    /// directory does not list.
+    async fn lookup_uncached(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError> {
+        let listing = self.directory.listing(key_id);
+        if listing != Listing::Listed && !self.misses.take() {
+            return match listing {
+                Listing::Unlisted => Ok(None),
+                _ => Err(StoreError::Unavailable(
+                    "too many lookups of unknown keys; try again".to_string(),
+                )),
+            };
+        }
+        Ok(self
+            .store
+            .get(key_id)
+            .await?
+            .map(|k| Arc::new(VerifyingKey::new(k))))
+    }
+}
+
 /// Drops `key_id` from the cache after any load of it in flight.
 async fn forget(cache: &Cache<String, Entry>, key_id: &str) {
     cache
@@ -484,9 +515,15 @@ async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: 
                 forget(&target.cache, &id).await;
                 directory.change(&id, false);
             }
+            Ok(KeyEvent::Stalled) => {
+                target.stalled.store(true, Ordering::Release);
+                directory.flush();
+                target.cache.invalidate_all();
+            }
             Ok(KeyEvent::Flush) | Err(RecvError::Lagged(_)) => {
                 directory.flush();
                 target.cache.invalidate_all();
+                target.stalled.store(false, Ordering::Release);
                 if let Some(store) = target.store.upgrade()
                     && let Err(why) = directory.load(&*store).await
                 {

@@ -37,7 +37,12 @@ pub enum KeyEvent {
     /// The key with this id was inserted or removed (which is not known).
     Changed(String),
     /// Changes may have been missed (the feed reconnected): forget everything.
+    /// Also ends a [`Stalled`](KeyEvent::Stalled) period.
     Flush,
+    /// The feed cannot show that it delivers changes (no heartbeat, or its
+    /// connection failed): until the next [`Flush`](KeyEvent::Flush), a
+    /// cache must not answer from what it holds, only from the store.
+    Stalled,
 }
 
 /// A key to insert; the store assigns its `sequence`.

@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Executor, Row};
 use tokio::sync::broadcast;
 
 use super::{
@@ -25,6 +25,10 @@ pub struct PostgresSettings {
     /// The LISTEN/NOTIFY channel on which key changes are announced
     /// (default `jwt_profile_keys`). Processes sharing a database must agree.
     pub channel: String,
+    /// How long one store operation may take before the store counts as
+    /// unavailable (default 3 s): a stalled connection answers 503, it does
+    /// not hang the request.
+    pub query_timeout: Duration,
 }
 
 impl Default for PostgresSettings {
@@ -33,6 +37,7 @@ impl Default for PostgresSettings {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
             channel: "jwt_profile_keys".to_string(),
+            query_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -49,6 +54,7 @@ impl Default for PostgresSettings {
 pub struct PostgresStore {
     pool: PgPool,
     channel: String,
+    query_timeout: Duration,
     events: broadcast::Sender<KeyEvent>,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -83,7 +89,7 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL migration failed: {e}")))?;
-        PostgresStore::start(pool, settings.channel).await
+        PostgresStore::start(pool, settings.channel, settings.query_timeout).await
     }
 
     /// Like [`connect_with`](Self::connect_with), but connects lazily: the
@@ -108,12 +114,17 @@ impl PostgresStore {
         PostgresStore {
             pool,
             channel: settings.channel,
+            query_timeout: settings.query_timeout,
             events,
             listener,
         }
     }
 
-    async fn start(pool: PgPool, channel: String) -> Result<PostgresStore, StoreError> {
+    async fn start(
+        pool: PgPool,
+        channel: String,
+        query_timeout: Duration,
+    ) -> Result<PostgresStore, StoreError> {
         let (events, _) = broadcast::channel(1024);
         // Subscribe before returning, so no change after `connect` is missed.
         let mut listener = PgListener::connect_with(&pool)
@@ -123,10 +134,16 @@ impl PostgresStore {
             .listen(&channel)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let task = tokio::spawn(forward(listener, events.clone()));
+        let task = tokio::spawn(forward(
+            listener,
+            events.clone(),
+            pool.clone(),
+            channel.clone(),
+        ));
         Ok(PostgresStore {
             pool,
             channel,
+            query_timeout,
             events,
             listener: task,
         })
@@ -157,7 +174,7 @@ async fn listen(pool: PgPool, channel: String, events: broadcast::Sender<KeyEven
         match ready.await {
             Ok(listener) => {
                 let _ = events.send(KeyEvent::Flush);
-                return forward(listener, events).await;
+                return forward(listener, events, pool, channel).await;
             }
             Err(why) => {
                 tracing::debug!(%why, "PostgreSQL not ready; retrying");
@@ -179,43 +196,83 @@ fn event_of(payload: &str) -> KeyEvent {
     }
 }
 
-/// Forwards notifications as [`KeyEvent`]s. When the connection drops, the
-/// listener reconnects and re-subscribes; anything announced meanwhile is
-/// unknown, so caches are told to forget everything.
-async fn forward(mut listener: PgListener, events: broadcast::Sender<KeyEvent>) {
-    let mut broken = false;
+/// How often each store announces a heartbeat on the channel.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+/// Silence after which the feed counts as stalled.
+const STALL_AFTER: Duration = Duration::from_millis(700);
+/// The heartbeat's payload (a key id is never empty).
+const HEARTBEAT: &str = "";
+
+/// Announces a heartbeat on the channel every [`HEARTBEAT_EVERY`], through
+/// the pool, so every listener on the database hears from the feed at least
+/// that often while it works.
+async fn heartbeat(pool: PgPool, channel: String) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match listener.try_recv().await {
-            Ok(Some(n)) => {
-                if broken {
-                    broken = false;
-                    let _ = events.send(KeyEvent::Flush);
-                }
-                let _ = events.send(event_of(n.payload()));
-            }
-            // Lost and re-established (eager reconnect).
-            Ok(None) => {
-                broken = false;
-                let _ = events.send(KeyEvent::Flush);
-            }
-            Err(sqlx::Error::PoolClosed) => return,
-            Err(why) => {
-                tracing::warn!(%why, "lost the PostgreSQL change feed; reconnecting");
-                broken = true;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                // Reconnect now rather than at the next notification.
-                if (&mut listener).execute("SELECT 1").await.is_ok() {
-                    broken = false;
-                    let _ = events.send(KeyEvent::Flush);
-                }
-            }
+        tick.tick().await;
+        let ping = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&channel)
+            .bind(HEARTBEAT)
+            .execute(&pool);
+        match tokio::time::timeout(STALL_AFTER, ping).await {
+            Ok(Err(sqlx::Error::PoolClosed)) => return,
+            Ok(_) | Err(_) => {}
         }
     }
 }
 
-#[async_trait]
-impl KeyStore for PostgresStore {
-    async fn insert(&self, new: NewKey) -> Result<MachineKey, StoreError> {
+/// Forwards notifications as [`KeyEvent`]s. The feed must prove it works:
+/// when nothing (not even a heartbeat) arrives for [`STALL_AFTER`], or the
+/// connection fails, caches are told [`KeyEvent::Stalled`] and ask the
+/// store for every key until the feed is back, which is announced with
+/// [`KeyEvent::Flush`] (changes in between are unknown). A partition or a
+/// silently stalled connection therefore fails closed within a second; it
+/// never leaves caches serving removed keys.
+async fn forward(
+    mut listener: PgListener,
+    events: broadcast::Sender<KeyEvent>,
+    pool: PgPool,
+    channel: String,
+) {
+    let beats = tokio::spawn(heartbeat(pool, channel));
+    let mut stalled = false;
+    let stall = |stalled: &mut bool| {
+        if !*stalled {
+            *stalled = true;
+            let _ = events.send(KeyEvent::Stalled);
+        }
+    };
+    loop {
+        match tokio::time::timeout(STALL_AFTER, listener.try_recv()).await {
+            Err(_silence) => stall(&mut stalled),
+            Ok(Ok(Some(n))) => {
+                if stalled {
+                    stalled = false;
+                    let _ = events.send(KeyEvent::Flush);
+                }
+                if n.payload() != HEARTBEAT {
+                    let _ = events.send(event_of(n.payload()));
+                }
+            }
+            // Lost and re-established (eager reconnect): what was announced
+            // meanwhile is unknown. The next notification (a heartbeat
+            // within HEARTBEAT_EVERY) proves the new connection and flushes.
+            Ok(Ok(None)) => stall(&mut stalled),
+            Ok(Err(sqlx::Error::PoolClosed)) => break,
+            Ok(Err(why)) => {
+                tracing::warn!(%why, "lost the PostgreSQL change feed; reconnecting");
+                stall(&mut stalled);
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+            }
+        }
+    }
+    beats.abort();
+}
+
+/// The operations, without their time limit.
+impl PostgresStore {
+    async fn insert_now(&self, new: NewKey) -> Result<MachineKey, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // Serializes inserts for one user across all processes, so two
         // organizations cannot both win the binding check.
@@ -275,7 +332,7 @@ impl KeyStore for PostgresStore {
         Ok(new.into_key(u64::try_from(sequence).unwrap_or_default()))
     }
 
-    async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
+    async fn get_now(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
         let row = sqlx::query(
             "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms \
              FROM machine_keys WHERE id = $1",
@@ -287,7 +344,7 @@ impl KeyStore for PostgresStore {
         row.as_ref().map(key_from_row).transpose()
     }
 
-    async fn list(
+    async fn list_now(
         &self,
         user_id: &str,
         org_id: &str,
@@ -335,7 +392,7 @@ impl KeyStore for PostgresStore {
         })
     }
 
-    async fn remove(
+    async fn remove_now(
         &self,
         key_id: &str,
         _at: DateTime<Utc>,
@@ -368,7 +425,7 @@ impl KeyStore for PostgresStore {
         }))
     }
 
-    async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
+    async fn allocate_id_now(&self) -> Result<Option<String>, StoreError> {
         let id: i64 = sqlx::query_scalar("SELECT nextval('key_ids')")
             .fetch_one(&self.pool)
             .await
@@ -376,15 +433,64 @@ impl KeyStore for PostgresStore {
         Ok(Some(id.to_string()))
     }
 
-    async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+    async fn key_ids_now(&self) -> Result<Option<Vec<String>>, StoreError> {
         let ids = sqlx::query_scalar("SELECT id FROM machine_keys")
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
         Ok(Some(ids))
     }
+}
+
+/// Every operation is bounded by [`PostgresSettings::query_timeout`].
+#[async_trait]
+impl KeyStore for PostgresStore {
+    async fn insert(&self, new: NewKey) -> Result<MachineKey, StoreError> {
+        self.timed(self.insert_now(new)).await
+    }
+
+    async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
+        self.timed(self.get_now(key_id)).await
+    }
+
+    async fn list(
+        &self,
+        user_id: &str,
+        org_id: &str,
+        query: ListQuery,
+    ) -> Result<KeyPage, StoreError> {
+        self.timed(self.list_now(user_id, org_id, query)).await
+    }
+
+    async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
+        self.timed(self.remove_now(key_id, at)).await
+    }
+
+    async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
+        self.timed(self.allocate_id_now()).await
+    }
+
+    async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+        self.timed(self.key_ids_now()).await
+    }
 
     fn events(&self) -> Option<broadcast::Receiver<KeyEvent>> {
         Some(self.events.subscribe())
+    }
+}
+
+impl PostgresStore {
+    async fn timed<T>(
+        &self,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.query_timeout, operation)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "PostgreSQL did not answer within {:?}",
+                    self.query_timeout
+                )))
+            })
     }
 }

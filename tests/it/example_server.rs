@@ -162,6 +162,13 @@ fn bad_settings_exit_2_with_a_message() {
         (("JWT_PROFILE_REPLAY", "nonsense"), "JWT_PROFILE_REPLAY"),
         (("JWT_PROFILE_REPLAY", "on"), "JWT_PROFILE_REPLAY"),
         (("JWT_PROFILE_AUDIENCE", ","), "JWT_PROFILE_AUDIENCE"),
+        (("JWT_PROFILE_ORG", "o/x"), "JWT_PROFILE_ORG"),
+        (("JWT_PROFILE_ORG", "o\tx"), "JWT_PROFILE_ORG"),
+        (("JWT_PROFILE_ADMIN_USER", "a/b"), "JWT_PROFILE_ADMIN_USER"),
+        (
+            ("JWT_PROFILE_MAX_KEYS_PER_USER", " 5"),
+            "JWT_PROFILE_MAX_KEYS_PER_USER",
+        ),
         (("JWT_PROFILE_AUDIENCE", " , "), "JWT_PROFILE_AUDIENCE"),
         (
             ("JWT_PROFILE_MAX_KEYS_PER_USER", "abc"),
@@ -578,11 +585,18 @@ fn unreachable_postgres_is_a_message_and_exit_2() {
     let out = Command::new(example("server"))
         .current_dir(dir.path())
         .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
-        .env("JWT_PROFILE_STORE", "postgres://postgres@127.0.0.1:1/test")
+        .env(
+            "JWT_PROFILE_STORE",
+            "postgres://postgres:s3cr3t@127.0.0.1:1/test",
+        )
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("s3cr3t"),
+        "the password is printed: {stderr}"
+    );
     assert!(
         stderr.contains("cannot reach the PostgreSQL store"),
         "{stderr}"

@@ -602,3 +602,103 @@ async fn failed_precondition_does_not_name_the_other_organization() {
         err.message()
     );
 }
+
+/// How the link between replica A and the database fails.
+#[derive(Clone, Copy, Debug)]
+enum LinkFailure {
+    /// Connections closed, new ones refused (a partition that resets).
+    Cut,
+    /// Connections stay open and nothing is relayed (a silent stall).
+    Freeze,
+}
+
+/// Replica A reaches PostgreSQL through a proxy that fails; B reaches it
+/// directly. A accepted (and remembers) an assertion; B removes the key.
+/// From 1 s after the removal, A must not accept it: it cannot hear the
+/// change feed, so it must stop trusting its caches (503), not serve them
+/// for their lifetime. Once the link is back, A refuses the key (401).
+async fn a_replica_that_cannot_hear_the_feed_fails_closed(failure: LinkFailure) {
+    let Some((schema, options)) = backends::postgres_schema().await else {
+        return;
+    };
+    let upstream = {
+        let url = backends::postgres_url();
+        let host_port = url
+            .split('@')
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("127.0.0.1:5432")
+            .to_string();
+        tokio::net::lookup_host(host_port)
+            .await
+            .expect("resolve")
+            .next()
+            .expect("address")
+    };
+    let proxy = common::Proxy::start(upstream).await;
+    let settings = jwt_profile::store::PostgresSettings {
+        acquire_timeout: Duration::from_millis(500),
+        query_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let via_proxy = options.clone().host("127.0.0.1").port(proxy.addr.port());
+    let store_a = jwt_profile::store::PostgresStore::connect_with(via_proxy, settings.clone())
+        .await
+        .expect("connect A");
+    let store_b = jwt_profile::store::PostgresStore::connect_with(options.clone(), settings)
+        .await
+        .expect("connect B");
+    let clock = ManualClock::now_system();
+    let a = replica(Arc::new(store_a), CacheSettings::default(), &clock).await;
+    let b = replica(Arc::new(store_b), CacheSettings::default(), &clock).await;
+    let bot = b.machine("bot").await;
+    let token = token_at(&bot, &clock);
+    assert_eq!(a.status(&token).await, StatusCode::OK);
+    assert_eq!(a.status(&token).await, StatusCode::OK, "remembered on A");
+    match failure {
+        LinkFailure::Cut => proxy.cut(),
+        LinkFailure::Freeze => proxy.freeze(true),
+    }
+    b.remove(&bot).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        let status = a.status(&token).await;
+        assert_ne!(
+            status,
+            StatusCode::OK,
+            "{failure:?}: A accepts a removed key"
+        );
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{failure:?}");
+    }
+    match failure {
+        LinkFailure::Cut => proxy.restore(),
+        LinkFailure::Freeze => proxy.freeze(false),
+    }
+    let recovered = within(Duration::from_secs(10), async || {
+        a.status(&token).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(recovered.is_some(), "{failure:?}: A did not recover");
+    // And A serves live keys from its cache again.
+    let live = b.machine("live").await;
+    let live_token = token_at(&live, &clock);
+    let served = within(Duration::from_secs(5), async || {
+        a.status(&live_token).await == StatusCode::OK
+    })
+    .await;
+    assert!(
+        served.is_some(),
+        "{failure:?}: A does not accept live keys after recovery"
+    );
+    backends::drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_the_database_fails_closed_within_a_second() {
+    a_replica_that_cannot_hear_the_feed_fails_closed(LinkFailure::Cut).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_database_link_stalls_fails_closed_within_a_second() {
+    a_replica_that_cannot_hear_the_feed_fails_closed(LinkFailure::Freeze).await;
+}

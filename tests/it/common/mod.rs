@@ -307,12 +307,36 @@ impl KeyStore for Outage {
     }
 }
 
-/// A TCP proxy on 127.0.0.1 to `upstream` that can be cut and restored: a
-/// real network failure between the service and its database.
+/// A TCP proxy on 127.0.0.1 to `upstream` that can be cut and restored,
+/// or frozen (connections stay open, nothing is relayed): real network
+/// failures between the service and its database.
 pub struct Proxy {
     pub addr: SocketAddr,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+/// Copies `from` to `to`, holding every byte while `frozen` is set.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -322,27 +346,39 @@ impl Proxy {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
             Default::default();
-        let (up2, links2) = (up.clone(), links.clone());
+        let (up2, frozen2, links2) = (up.clone(), frozen.clone(), links.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if !up2.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(inbound); // refused: connection closed at once
                     continue;
                 }
+                let frozen = frozen2.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let (ir, iw) = inbound.into_split();
+                        let (or, ow) = outbound.into_split();
+                        tokio::select! {
+                            _ = relay(ir, ow, frozen.clone()) => {}
+                            _ = relay(or, iw, frozen) => {}
+                        }
                     }
                 });
                 links2.lock().expect("lock").push(task.abort_handle());
             }
         });
-        Proxy { addr, up, links }
+        Proxy {
+            addr,
+            up,
+            frozen,
+            links,
+        }
     }
 
     /// Cuts every open connection and refuses new ones.
@@ -351,6 +387,12 @@ impl Proxy {
         for link in self.links.lock().expect("lock").drain(..) {
             link.abort();
         }
+    }
+
+    /// Stops relaying without closing anything: a silent stall.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn restore(&self) {
