@@ -12,7 +12,7 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+
 use jwt_profile::key::{KeyType, MachineKey, generate_rsa_key_pair};
 use jwt_profile::store::{
     CacheSettings, CachedStore, KeyLookup, KeyPage, KeyStore, ListQuery, MemoryStore, NewKey,
@@ -67,7 +67,7 @@ impl KeyStore for IdsOnly {
             keys: Vec::new(),
         })
     }
-    async fn remove(&self, _: &str, _: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
+    async fn remove(&self, _: &str) -> Result<Option<Removed>, StoreError> {
         Ok(None)
     }
     async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {

@@ -198,7 +198,7 @@ fn json<T: Serialize>(value: &T) -> Response {
         )
             .into_response(),
         Err(e) => error_response(&Error::new(
-            crate::Code::Internal,
+            crate::error::Code::Internal,
             "INTERNAL-serialize",
             format!("response could not be serialized: {e}"),
         )),

@@ -19,19 +19,17 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// Largest accepted RSA modulus, in bits.
 pub const MAX_RSA_BITS: usize = 8192;
 
-const OID_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const OID_EC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
-const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+pub(crate) const OID_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+pub(crate) const OID_EC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+pub(crate) const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+pub(crate) const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+pub(crate) const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
 /// The default expiration date of a key: `9999-12-31T23:59:59Z`.
 pub fn default_expiration() -> DateTime<Utc> {
     max_date()
 }
 
-/// The latest date the crate represents, `9999-12-31T23:59:59Z`
-/// (253402300799 seconds after the epoch).
 /// Longest accepted user id, key id or organization id, in bytes.
 pub const MAX_ID_BYTES: usize = 200;
 
@@ -53,8 +51,14 @@ pub(crate) fn id_problem(value: &str) -> Option<&'static str> {
     }
 }
 
+/// The latest date the crate represents, `9999-12-31T23:59:59Z`, in
+/// seconds after the epoch: the latest expiration date and the latest
+/// NumericDate a token may carry.
+pub(crate) const MAX_UNIX_SECS: i64 = 253_402_300_799;
+
+/// [`MAX_UNIX_SECS`] as a date.
 pub(crate) fn max_date() -> DateTime<Utc> {
-    Utc.timestamp_opt(253_402_300_799, 0)
+    Utc.timestamp_opt(MAX_UNIX_SECS, 0)
         .single()
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
@@ -541,7 +545,7 @@ impl fmt::Debug for GeneratedKeyPair {
 pub fn generate_rsa_key_pair() -> Result<GeneratedKeyPair, Error> {
     let internal = |what: &str| {
         Error::new(
-            crate::Code::Internal,
+            crate::error::Code::Internal,
             "KEY-generation-failed",
             format!("RSA key generation failed: {what}"),
         )

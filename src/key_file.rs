@@ -156,11 +156,7 @@ fn bad_key(message: impl Into<String>) -> Error {
     Error::invalid("KEYFILE-bad-private-key", message.into())
 }
 
-const OID_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const OID_EC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
-const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+use crate::key::{OID_EC, OID_ED25519, OID_P256, OID_P384, OID_RSA};
 
 /// The default lifetime of an assertion made by [`AssertionSigner::sign`]: one hour.
 pub const DEFAULT_ASSERTION_LIFETIME_SECS: u64 = 3600;

@@ -458,7 +458,7 @@ impl KeyService {
         let now = self.now();
         let removed = self
             .store
-            .remove(key_id, now)
+            .remove(key_id)
             .await
             .map_err(store_error)?
             .ok_or_else(not_found)?;

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
@@ -561,8 +560,8 @@ impl KeyStore for CachedStore {
         self.store.list(user_id, org_id, query).await
     }
 
-    async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
-        let removed = self.store.remove(key_id, at).await;
+    async fn remove(&self, key_id: &str) -> Result<Option<Removed>, StoreError> {
+        let removed = self.store.remove(key_id).await;
         forget(&self.cache, key_id).await;
         if matches!(removed, Ok(Some(_))) {
             self.directory.change(key_id, false);
@@ -608,8 +607,8 @@ mod tests {
         async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
             self.inner.list(u, o, q).await
         }
-        async fn remove(&self, id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
-            self.inner.remove(id, at).await
+        async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
+            self.inner.remove(id).await
         }
     }
 
@@ -621,7 +620,7 @@ mod tests {
             key_type: KeyType::Json,
             public_key: generate_rsa_key_pair().map(|p| p.public_key).expect("key"),
             expiration_date: crate::key::default_expiration(),
-            created_at: Utc::now(),
+            created_at: chrono::Utc::now(),
             max_keys_per_user: None,
         }
     }
@@ -646,7 +645,7 @@ mod tests {
         // The key is removed meanwhile; the removal waits for the load.
         let remover = tokio::spawn({
             let cached = cached.clone();
-            async move { cached.remove("1", Utc::now()).await }
+            async move { cached.remove("1").await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         gated.gate.add_permits(100);

@@ -2,7 +2,6 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
 use super::{KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError};
 use crate::key::MachineKey;
@@ -117,11 +116,7 @@ impl KeyStore for MemoryStore {
         Ok(Some(self.lock().keys.keys().cloned().collect()))
     }
 
-    async fn remove(
-        &self,
-        key_id: &str,
-        _at: DateTime<Utc>,
-    ) -> Result<Option<Removed>, StoreError> {
+    async fn remove(&self, key_id: &str) -> Result<Option<Removed>, StoreError> {
         let mut inner = self.lock();
         let Some(key) = inner.keys.remove(key_id) else {
             return Ok(None);

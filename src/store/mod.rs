@@ -10,6 +10,97 @@ use chrono::{DateTime, Utc};
 
 use crate::key::{KeyType, MachineKey, PublicKey};
 
+/// The columns a stored key is read from: one list for every SQL backend.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! key_columns {
+    () => {
+        "id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms"
+    };
+}
+
+/// One key by id; `$id` is the backend's placeholder (`?` or `$1`).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! select_key_sql {
+    ($id:literal) => {
+        concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM machine_keys WHERE id = ",
+            $id
+        )
+    };
+}
+
+/// A page of a user's keys in one organization, for every SQL backend: one
+/// query with the total as a window count, and a count only when the page
+/// is empty (offset past the end, or limit 0). The placeholders are the
+/// backend's, for user, organization, limit and offset.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! list_page {
+    ($pool:expr, $user:expr, $org:expr, $query:expr, [$u:literal, $o:literal, $l:literal, $off:literal]) => {{
+        let sql = if $query.asc {
+            concat!(
+                "SELECT ",
+                key_columns!(),
+                ", COUNT(*) OVER () AS total FROM machine_keys \
+                 WHERE user_id = ",
+                $u,
+                " AND resource_owner = ",
+                $o,
+                " ORDER BY sequence ASC LIMIT ",
+                $l,
+                " OFFSET ",
+                $off
+            )
+        } else {
+            concat!(
+                "SELECT ",
+                key_columns!(),
+                ", COUNT(*) OVER () AS total FROM machine_keys \
+                 WHERE user_id = ",
+                $u,
+                " AND resource_owner = ",
+                $o,
+                " ORDER BY sequence DESC LIMIT ",
+                $l,
+                " OFFSET ",
+                $off
+            )
+        };
+        let rows = sqlx::query(sql)
+            .bind($user)
+            .bind($org)
+            .bind(i64::from($query.limit))
+            .bind(i64::try_from($query.offset).unwrap_or(i64::MAX))
+            .fetch_all($pool)
+            .await
+            .map_err(db_error)?;
+        let total: i64 = match rows.first() {
+            Some(row) => sqlx::Row::try_get(row, "total")
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            None => sqlx::query_scalar(concat!(
+                "SELECT COUNT(*) FROM machine_keys WHERE user_id = ",
+                $u,
+                " AND resource_owner = ",
+                $o
+            ))
+            .bind($user)
+            .bind($org)
+            .fetch_one($pool)
+            .await
+            .map_err(db_error)?,
+        };
+        let keys = rows
+            .iter()
+            .map(key_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(KeyPage {
+            total: u64::try_from(total).unwrap_or_default(),
+            keys,
+        })
+    }};
+}
+
 mod cached;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -178,7 +269,7 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> Result<KeyPage, StoreError>;
 
     /// Removes the key with this id; `None` when there is none.
-    async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError>;
+    async fn remove(&self, key_id: &str) -> Result<Option<Removed>, StoreError>;
 
     /// A new key id allocated by the store, for stores shared by several
     /// processes; `None` (the default) lets the service generate one.
@@ -217,8 +308,8 @@ impl<S: KeyStore + ?Sized> KeyStore for std::sync::Arc<S> {
     ) -> Result<KeyPage, StoreError> {
         (**self).list(user_id, org_id, query).await
     }
-    async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
-        (**self).remove(key_id, at).await
+    async fn remove(&self, key_id: &str) -> Result<Option<Removed>, StoreError> {
+        (**self).remove(key_id).await
     }
     async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
         (**self).allocate_id().await

@@ -2,8 +2,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::broadcast;
 
@@ -109,7 +107,6 @@ impl PostgresStore {
             pool.clone(),
             settings.channel.clone(),
             events.clone(),
-            true,
         ));
         PostgresStore {
             pool,
@@ -156,15 +153,13 @@ impl PostgresStore {
 }
 
 /// Lazily connected stores migrate and subscribe once the database answers.
-async fn listen(pool: PgPool, channel: String, events: broadcast::Sender<KeyEvent>, migrate: bool) {
+async fn listen(pool: PgPool, channel: String, events: broadcast::Sender<KeyEvent>) {
     loop {
         let ready = async {
-            if migrate {
-                sqlx::migrate!("migrations/postgres")
-                    .run(&pool)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+            sqlx::migrate!("migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut listener = PgListener::connect_with(&pool)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -215,9 +210,9 @@ async fn heartbeat(pool: PgPool, channel: String) {
             .bind(&channel)
             .bind(HEARTBEAT)
             .execute(&pool);
-        match tokio::time::timeout(STALL_AFTER, ping).await {
-            Ok(Err(sqlx::Error::PoolClosed)) => return,
-            Ok(_) | Err(_) => {}
+        // Failures are the listener's to notice (it hears no heartbeat).
+        if let Ok(Err(sqlx::Error::PoolClosed)) = tokio::time::timeout(STALL_AFTER, ping).await {
+            return;
         }
     }
 }
@@ -333,14 +328,11 @@ impl PostgresStore {
     }
 
     async fn get_now(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms \
-             FROM machine_keys WHERE id = $1",
-        )
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let row = sqlx::query(select_key_sql!("$1"))
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
         row.as_ref().map(key_from_row).transpose()
     }
 
@@ -350,53 +342,10 @@ impl PostgresStore {
         org_id: &str,
         query: ListQuery,
     ) -> Result<KeyPage, StoreError> {
-        let sql = if query.asc {
-            "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms, \
-             COUNT(*) OVER () AS total FROM machine_keys WHERE user_id = $1 AND resource_owner = $2 \
-             ORDER BY sequence ASC LIMIT $3 OFFSET $4"
-        } else {
-            "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms, \
-             COUNT(*) OVER () AS total FROM machine_keys WHERE user_id = $1 AND resource_owner = $2 \
-             ORDER BY sequence DESC LIMIT $3 OFFSET $4"
-        };
-        let rows = sqlx::query(sql)
-            .bind(user_id)
-            .bind(org_id)
-            .bind(i64::from(query.limit))
-            .bind(i64::try_from(query.offset).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let total = match rows.first() {
-            Some(row) => row
-                .try_get::<i64, _>("total")
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
-            // An empty page says nothing about the total (offset past the
-            // end, or limit 0): count.
-            None => sqlx::query_scalar(
-                "SELECT COUNT(*) FROM machine_keys WHERE user_id = $1 AND resource_owner = $2",
-            )
-            .bind(user_id)
-            .bind(org_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_error)?,
-        };
-        let keys = rows
-            .iter()
-            .map(key_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(KeyPage {
-            total: u64::try_from(total).unwrap_or_default(),
-            keys,
-        })
+        list_page!(&self.pool, user_id, org_id, query, ["$1", "$2", "$3", "$4"])
     }
 
-    async fn remove_now(
-        &self,
-        key_id: &str,
-        _at: DateTime<Utc>,
-    ) -> Result<Option<Removed>, StoreError> {
+    async fn remove_now(&self, key_id: &str) -> Result<Option<Removed>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let owner: Option<String> =
             sqlx::query_scalar("DELETE FROM machine_keys WHERE id = $1 RETURNING resource_owner")
@@ -462,8 +411,8 @@ impl KeyStore for PostgresStore {
         self.timed(self.list_now(user_id, org_id, query)).await
     }
 
-    async fn remove(&self, key_id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
-        self.timed(self.remove_now(key_id, at)).await
+    async fn remove(&self, key_id: &str) -> Result<Option<Removed>, StoreError> {
+        self.timed(self.remove_now(key_id)).await
     }
 
     async fn allocate_id(&self) -> Result<Option<String>, StoreError> {

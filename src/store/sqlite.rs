@@ -2,7 +2,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -150,14 +149,11 @@ impl KeyStore for SqliteStore {
     }
 
     async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms \
-             FROM machine_keys WHERE id = ?",
-        )
-        .bind(key_id)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_error)?;
+        let row = sqlx::query(select_key_sql!("?"))
+            .bind(key_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_error)?;
         row.as_ref().map(key_from_row).transpose()
     }
 
@@ -167,37 +163,7 @@ impl KeyStore for SqliteStore {
         org_id: &str,
         query: ListQuery,
     ) -> Result<KeyPage, StoreError> {
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM machine_keys WHERE user_id = ? AND resource_owner = ?",
-        )
-        .bind(user_id)
-        .bind(org_id)
-        .fetch_one(&self.reader)
-        .await
-        .map_err(db_error)?;
-        let sql = if query.asc {
-            "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms \
-             FROM machine_keys WHERE user_id = ? AND resource_owner = ? ORDER BY sequence ASC LIMIT ? OFFSET ?"
-        } else {
-            "SELECT id, user_id, resource_owner, public_key, expiration_ms, sequence, created_ms, changed_ms \
-             FROM machine_keys WHERE user_id = ? AND resource_owner = ? ORDER BY sequence DESC LIMIT ? OFFSET ?"
-        };
-        let rows = sqlx::query(sql)
-            .bind(user_id)
-            .bind(org_id)
-            .bind(i64::from(query.limit))
-            .bind(i64::try_from(query.offset).unwrap_or(i64::MAX))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_error)?;
-        let keys = rows
-            .iter()
-            .map(key_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(KeyPage {
-            total: u64::try_from(total).unwrap_or_default(),
-            keys,
-        })
+        list_page!(&self.reader, user_id, org_id, query, ["?", "?", "?", "?"])
     }
 
     async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
@@ -208,11 +174,7 @@ impl KeyStore for SqliteStore {
         Ok(Some(ids))
     }
 
-    async fn remove(
-        &self,
-        key_id: &str,
-        _at: DateTime<Utc>,
-    ) -> Result<Option<Removed>, StoreError> {
+    async fn remove(&self, key_id: &str) -> Result<Option<Removed>, StoreError> {
         let mut tx = self
             .writer
             .begin_with("BEGIN IMMEDIATE")

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::key::Algorithm;
 
 /// The latest NumericDate accepted: 9999-12-31T23:59:59Z.
-pub(crate) const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+pub(crate) const MAX_NUMERIC_DATE: f64 = crate::key::MAX_UNIX_SECS as f64;
 
 /// What the verifier checks, with safe defaults: leeway 60 s, maximum age
 /// 1 h, every asymmetric algorithm, tokens up to 8 KiB.

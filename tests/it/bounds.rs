@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use jwt_profile::key::MachineKey;
 use jwt_profile::store::{
     CacheSettings, CachedStore, KeyPage, KeyStore, ListQuery, MemoryStore, NewKey, Removed,
@@ -38,8 +38,8 @@ impl KeyStore for Counting {
     async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
         self.inner.list(u, o, q).await
     }
-    async fn remove(&self, id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
-        self.inner.remove(id, at).await
+    async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
+        self.inner.remove(id).await
     }
 }
 

@@ -137,7 +137,7 @@ async fn remove(b: &dyn Backend) {
         .await
         .expect("insert");
     let removed = store
-        .remove("r1", Utc::now())
+        .remove("r1")
         .await
         .expect("remove")
         .expect("was there");
@@ -148,11 +148,8 @@ async fn remove(b: &dyn Backend) {
     );
     assert!(second.details.sequence > first.details.sequence);
     assert_eq!(store.get("r1").await.expect("get"), None);
-    assert_eq!(store.remove("r1", Utc::now()).await.expect("remove"), None);
-    assert_eq!(
-        store.remove("never", Utc::now()).await.expect("remove"),
-        None
-    );
+    assert_eq!(store.remove("r1").await.expect("remove"), None);
+    assert_eq!(store.remove("never").await.expect("remove"), None);
     let left = store
         .list("bot", "org", q(0, 100, true))
         .await
@@ -184,8 +181,8 @@ async fn organization_binding(b: &dyn Backend) {
         None,
         "a refused insert leaves nothing"
     );
-    store.remove("o1", Utc::now()).await.expect("remove");
-    store.remove("o2", Utc::now()).await.expect("remove");
+    store.remove("o1").await.expect("remove");
+    store.remove("o2").await.expect("remove");
     store
         .insert(new_key("o3", "nomad", "b"))
         .await
@@ -320,7 +317,7 @@ async fn persistence(b: &dyn Backend) {
         .insert(new_key("p2", "bot", "org"))
         .await
         .expect("insert");
-    store.remove("p2", Utc::now()).await.expect("remove");
+    store.remove("p2").await.expect("remove");
     drop(store);
     let reopened = b.reopen().await;
     let got = reopened.get("p1").await.expect("get");
@@ -373,7 +370,7 @@ async fn key_limit(b: &dyn Backend) {
         .insert(limited("l5", 3))
         .await
         .expect("a higher limit");
-    store.remove("l1", Utc::now()).await.expect("remove");
+    store.remove("l1").await.expect("remove");
     store
         .insert(limited("l6", 3))
         .await
@@ -411,7 +408,7 @@ async fn key_ids(b: &dyn Backend) {
             .await
             .expect("insert");
     }
-    store.remove("k2", Utc::now()).await.expect("remove");
+    store.remove("k2").await.expect("remove");
     let mut ids = store
         .key_ids()
         .await

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::Router;
 use axum::routing::get;
-use chrono::{DateTime, Utc};
 use common::backends::{self, Backend};
 use common::{Http, serve};
 use http::{Method, StatusCode};
@@ -47,8 +46,8 @@ impl KeyStore for Counting {
     async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
         self.inner.list(u, o, q).await
     }
-    async fn remove(&self, id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
-        self.inner.remove(id, at).await
+    async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
+        self.inner.remove(id).await
     }
     async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
         self.inner.allocate_id().await
@@ -447,8 +446,8 @@ async fn without_a_directory_the_budget_answers_unavailable() {
         async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
             self.0.list(u, o, q).await
         }
-        async fn remove(&self, id: &str, at: DateTime<Utc>) -> Result<Option<Removed>, StoreError> {
-            self.0.remove(id, at).await
+        async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
+            self.0.remove(id).await
         }
     }
     let store = Arc::new(Unlisted(Counting {

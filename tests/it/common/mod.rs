@@ -300,10 +300,9 @@ impl KeyStore for Outage {
     async fn remove(
         &self,
         key_id: &str,
-        at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<jwt_profile::store::Removed>, jwt_profile::store::StoreError> {
         self.check()?;
-        self.inner.remove(key_id, at).await
+        self.inner.remove(key_id).await
     }
 }
 
