@@ -30,19 +30,20 @@
 //! # let _ = app;
 //! ```
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use base64::Engine;
 use base64::alphabet;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::request::Parts;
+use http::{HeaderName, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -91,15 +92,6 @@ impl KeyApi {
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self)
     }
-
-    fn org<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, Error> {
-        adapter::org(headers, &self.org_header)
-    }
-}
-
-/// The REST routes over `service` with default settings; see [`KeyApi`].
-pub fn router(service: KeyService) -> Router {
-    KeyApi::new(service).router()
 }
 
 // ---- responses --------------------------------------------------------------
@@ -189,74 +181,102 @@ struct RemoveKeyResponse {
     details: ChangeDetailsJson,
 }
 
-fn json<T: Serialize>(value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => (
-            StatusCode::OK,
-            [(http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response(),
-        Err(e) => error_response(&Error::new(
-            crate::error::Code::Internal,
-            "INTERNAL-serialize",
-            format!("response could not be serialized: {e}"),
-        )),
+/// The JSON error body with its HTTP status: handlers return
+/// `Result<Json<_>, Error>`.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.to_http_response().map(Body::from)
     }
-}
-
-fn error_response(err: &Error) -> Response {
-    err.to_http_response().map(Body::from)
-}
-
-/// Runs a handler body, turning its error into the JSON error response.
-fn respond(result: Result<Response, Error>) -> Response {
-    result.unwrap_or_else(|e| error_response(&e))
 }
 
 // ---- requests ---------------------------------------------------------------
 
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
-    body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Error::invalid(
-                "BODY-too-large",
-                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        }
-        other => Error::invalid(
-            "BODY-unreadable",
-            format!("request body could not be read: {other}"),
-        ),
-    })
+/// The authenticated caller: the [`Principal`] the layer put in the
+/// request's extensions; 401 without one.
+struct Caller(Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| MissingPrincipal.error())
+    }
 }
 
-fn parse_body<'a, T: Deserialize<'a> + Default>(bytes: &'a [u8]) -> Result<T, Error> {
-    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => return Ok(T::default()),
-        // serde would also read a struct from a JSON array; bodies are
-        // proto3 JSON messages, which are objects.
-        Some(b'{') => {}
-        Some(_) => {
-            return Err(Error::invalid(
-                "BODY-malformed",
-                "request body must be a JSON object",
-            ));
+/// Path parameters, with a malformed one answered as the JSON error body.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Params<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Params(value)),
+            Err(e) => Err(Error::invalid(
+                "PARAM-invalid",
+                format!("invalid path parameter: {}", e.body_text()),
+            )),
         }
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid("BODY-malformed", format!("request body is not valid: {e}")))
 }
 
-fn path_error(e: PathRejection) -> Error {
-    Error::invalid(
-        "PARAM-invalid",
-        format!("invalid path parameter: {}", e.body_text()),
-    )
+/// The target organization: the configured header when present (checked
+/// against the id rules by the service), else the caller's own (`None`).
+struct TargetOrg(Option<String>);
+
+impl FromRequestParts<KeyApi> for TargetOrg {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, api: &KeyApi) -> Result<Self, Error> {
+        adapter::org(&parts.headers, &api.org_header).map(|org| TargetOrg(org.map(str::to_owned)))
+    }
 }
 
-fn principal(p: Option<Principal>) -> Result<Principal, Error> {
-    p.ok_or_else(|| MissingPrincipal.error())
+/// A proto3-JSON request body: at most 64 KiB, a JSON object (or empty,
+/// meaning every field absent), unknown fields ignored.
+struct Body64<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> for Body64<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Error> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|e| match e {
+                BytesRejection::FailedToBufferBody(_)
+                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+                {
+                    Error::invalid(
+                        "BODY-too-large",
+                        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                    )
+                }
+                other => Error::invalid(
+                    "BODY-unreadable",
+                    format!("request body could not be read: {other}"),
+                ),
+            })?;
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Ok(Body64(T::default())),
+            // serde would also read a struct from a JSON array; bodies are
+            // proto3 JSON messages, which are objects.
+            Some(b'{') => {}
+            Some(_) => {
+                return Err(Error::invalid(
+                    "BODY-malformed",
+                    "request body must be a JSON object",
+                ));
+            }
+        }
+        serde_json::from_slice(&bytes).map(Body64).map_err(|e| {
+            Error::invalid("BODY-malformed", format!("request body is not valid: {e}"))
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -353,109 +373,85 @@ fn parse_uint(v: Option<&Value>, name: &str, max: u64) -> Result<u64, Error> {
 
 async fn create(
     State(api): State<KeyApi>,
-    caller: Option<Principal>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            let caller = principal(caller)?;
-            let Path(user_id) = path.map_err(path_error)?;
-            let org = api.org(&headers)?;
-            let bytes = body_bytes(body)?;
-            let body: AddKeyBody = parse_body(&bytes)?;
-            let request = CreateKey {
-                key_type: parse_key_type(body.key_type.as_ref())?,
-                expiration_date: parse_expiration(body.expiration_date.as_deref())?,
-                public_key: parse_public_key(body.public_key.as_deref())?,
-            };
-            let created = api.service.create(&caller, org, &user_id, request).await?;
-            let key_details = created
-                .key_file
-                .as_ref()
-                .map(|file| STANDARD.encode(file.to_json()));
-            Ok(json(&AddKeyResponse {
-                key_id: created.key.id.clone(),
-                key_details,
-                details: (&created.key.details).into(),
-            }))
-        }
-        .await,
-    )
+    Caller(caller): Caller,
+    Params(user_id): Params<String>,
+    TargetOrg(org): TargetOrg,
+    Body64(body): Body64<AddKeyBody>,
+) -> Result<Json<AddKeyResponse>, Error> {
+    let request = CreateKey {
+        key_type: parse_key_type(body.key_type.as_ref())?,
+        expiration_date: parse_expiration(body.expiration_date.as_deref())?,
+        public_key: parse_public_key(body.public_key.as_deref())?,
+    };
+    let created = api
+        .service
+        .create(&caller, org.as_deref(), &user_id, request)
+        .await?;
+    let key_details = created
+        .key_file
+        .as_ref()
+        .map(|file| STANDARD.encode(file.to_json()));
+    Ok(Json(AddKeyResponse {
+        key_id: created.key.id.clone(),
+        key_details,
+        details: (&created.key.details).into(),
+    }))
 }
 
 async fn read(
     State(api): State<KeyApi>,
-    caller: Option<Principal>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-) -> Response {
-    respond(
-        async {
-            let caller = principal(caller)?;
-            let Path((user_id, key_id)) = path.map_err(path_error)?;
-            let org = api.org(&headers)?;
-            let key = api.service.get(&caller, org, &user_id, &key_id).await?;
-            Ok(json(&GetKeyResponse { key: (&key).into() }))
-        }
-        .await,
-    )
+    Caller(caller): Caller,
+    Params((user_id, key_id)): Params<(String, String)>,
+    TargetOrg(org): TargetOrg,
+) -> Result<Json<GetKeyResponse>, Error> {
+    let key = api
+        .service
+        .get(&caller, org.as_deref(), &user_id, &key_id)
+        .await?;
+    Ok(Json(GetKeyResponse { key: (&key).into() }))
 }
 
 async fn list(
     State(api): State<KeyApi>,
-    caller: Option<Principal>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(
-        async {
-            let caller = principal(caller)?;
-            let Path(user_id) = path.map_err(path_error)?;
-            let org = api.org(&headers)?;
-            let bytes = body_bytes(body)?;
-            let body: ListBody = parse_body(&bytes)?;
-            let query = body.query.unwrap_or_default();
-            let request = ListKeys {
-                offset: parse_uint(query.offset.as_ref(), "offset", u64::MAX)?,
-                limit: parse_uint(query.limit.as_ref(), "limit", u64::from(u32::MAX))? as u32,
-                asc: query.asc.unwrap_or(false),
-            };
-            let page = api.service.list(&caller, org, &user_id, request).await?;
-            Ok(json(&ListKeysResponse {
-                details: ListDetailsJson {
-                    total_result: page.total.to_string(),
-                    view_timestamp: timestamp(page.view_timestamp),
-                },
-                result: page.keys.iter().map(KeyJson::from).collect(),
-            }))
-        }
-        .await,
-    )
+    Caller(caller): Caller,
+    Params(user_id): Params<String>,
+    TargetOrg(org): TargetOrg,
+    Body64(body): Body64<ListBody>,
+) -> Result<Json<ListKeysResponse>, Error> {
+    let query = body.query.unwrap_or_default();
+    let request = ListKeys {
+        offset: parse_uint(query.offset.as_ref(), "offset", u64::MAX)?,
+        limit: parse_uint(query.limit.as_ref(), "limit", u64::from(u32::MAX))? as u32,
+        asc: query.asc.unwrap_or(false),
+    };
+    let page = api
+        .service
+        .list(&caller, org.as_deref(), &user_id, request)
+        .await?;
+    Ok(Json(ListKeysResponse {
+        details: ListDetailsJson {
+            total_result: page.total.to_string(),
+            view_timestamp: timestamp(page.view_timestamp),
+        },
+        result: page.keys.iter().map(KeyJson::from).collect(),
+    }))
 }
 
 async fn remove(
     State(api): State<KeyApi>,
-    caller: Option<Principal>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-) -> Response {
-    respond(
-        async {
-            let caller = principal(caller)?;
-            let Path((user_id, key_id)) = path.map_err(path_error)?;
-            let org = api.org(&headers)?;
-            let details = api.service.remove(&caller, org, &user_id, &key_id).await?;
-            Ok(json(&RemoveKeyResponse {
-                details: ChangeDetailsJson {
-                    sequence: details.sequence.to_string(),
-                    change_date: timestamp(details.change_date),
-                    resource_owner: details.resource_owner,
-                },
-            }))
-        }
-        .await,
-    )
+    Caller(caller): Caller,
+    Params((user_id, key_id)): Params<(String, String)>,
+    TargetOrg(org): TargetOrg,
+) -> Result<Json<RemoveKeyResponse>, Error> {
+    let details = api
+        .service
+        .remove(&caller, org.as_deref(), &user_id, &key_id)
+        .await?;
+    Ok(Json(RemoveKeyResponse {
+        details: ChangeDetailsJson {
+            sequence: details.sequence.to_string(),
+            change_date: timestamp(details.change_date),
+            resource_owner: details.resource_owner,
+        },
+    }))
 }
