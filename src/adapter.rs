@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, HeaderName};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::key::KeyType;
 
 /// The default organization header (gRPC: metadata key).
@@ -18,10 +18,7 @@ pub(crate) fn org<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Optio
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| {
-            Error::invalid(
-                "PARAM-org-id-invalid",
-                format!("the {name} header is not valid text"),
-            )
+            ErrorKind::OrgIdInvalid.error(format!("the {name} header is not valid text"))
         }),
     }
 }
@@ -37,8 +34,5 @@ pub(crate) fn key_type_number(n: i64) -> Result<KeyType, Error> {
 
 /// The refusal of a key type that is not JSON, as the caller spelled it.
 pub(crate) fn key_type_error(shown: impl std::fmt::Display) -> Error {
-    Error::invalid(
-        "KEY-type-invalid",
-        format!("type {shown} is not supported; use KEY_TYPE_JSON"),
-    )
+    ErrorKind::KeyTypeInvalid.error(format!("type {shown} is not supported; use KEY_TYPE_JSON"))
 }

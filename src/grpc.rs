@@ -48,7 +48,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::adapter;
-use crate::error::{ERROR_DETAIL_TYPE, Error};
+use crate::error::{ERROR_DETAIL_TYPE, Error, ErrorKind};
 use crate::key::{Details, MachineKey};
 use crate::principal::{MissingPrincipal, Principal};
 use crate::service::{CreateKey, KeyService, ListKeys};
@@ -191,10 +191,7 @@ fn malformed_is_invalid(
     let told = Status::from_header_map(headers)
         .map(|s| s.message().to_string())
         .unwrap_or_default();
-    let err = Error::invalid(
-        "BODY-malformed",
-        format!("request message could not be read: {told}"),
-    );
+    let err = ErrorKind::BodyMalformed.error(format!("request message could not be read: {told}"));
     status(&err).into_http()
 }
 
@@ -257,13 +254,10 @@ fn expiration(t: Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>
         .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
         .map(Some)
         .ok_or_else(|| {
-            Error::invalid(
-                "KEY-expiration-invalid",
-                format!(
-                    "expirationDate is not a valid timestamp ({}s, {}ns)",
-                    t.seconds, t.nanos
-                ),
-            )
+            ErrorKind::ExpirationInvalid.error(format!(
+                "expirationDate is not a valid timestamp ({}s, {}ns)",
+                t.seconds, t.nanos
+            ))
         })
 }
 

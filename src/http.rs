@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::adapter;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::key::{Details, KeyType, MachineKey};
 use crate::principal::{MissingPrincipal, Principal};
 use crate::service::{CreateKey, KeyService, ListKeys};
@@ -217,10 +217,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(Params(value)),
-            Err(e) => Err(Error::invalid(
-                "PARAM-invalid",
-                format!("invalid path parameter: {}", e.body_text()),
-            )),
+            Err(e) => {
+                Err(ErrorKind::PathInvalid
+                    .error(format!("invalid path parameter: {}", e.body_text())))
+            }
         }
     }
 }
@@ -251,15 +251,12 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> fo
                 BytesRejection::FailedToBufferBody(_)
                     if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
                 {
-                    Error::invalid(
-                        "BODY-too-large",
-                        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-                    )
+                    ErrorKind::BodyTooLarge.error(format!(
+                        "request body is larger than {MAX_BODY_BYTES} bytes"
+                    ))
                 }
-                other => Error::invalid(
-                    "BODY-unreadable",
-                    format!("request body could not be read: {other}"),
-                ),
+                other => ErrorKind::BodyUnreadable
+                    .error(format!("request body could not be read: {other}")),
             })?;
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
             None => return Ok(Body64(T::default())),
@@ -267,15 +264,12 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> fo
             // proto3 JSON messages, which are objects.
             Some(b'{') => {}
             Some(_) => {
-                return Err(Error::invalid(
-                    "BODY-malformed",
-                    "request body must be a JSON object",
-                ));
+                return Err(ErrorKind::BodyMalformed.error("request body must be a JSON object"));
             }
         }
-        serde_json::from_slice(&bytes).map(Body64).map_err(|e| {
-            Error::invalid("BODY-malformed", format!("request body is not valid: {e}"))
-        })
+        serde_json::from_slice(&bytes)
+            .map(Body64)
+            .map_err(|e| ErrorKind::BodyMalformed.error(format!("request body is not valid: {e}")))
     }
 }
 
@@ -308,10 +302,8 @@ fn parse_expiration(v: Option<&str>) -> Result<Option<DateTime<Utc>>, Error> {
         Some(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| Some(t.with_timezone(&Utc)))
             .map_err(|e| {
-                Error::invalid(
-                    "KEY-expiration-invalid",
-                    format!("expirationDate is not an RFC 3339 timestamp: {e}"),
-                )
+                ErrorKind::ExpirationInvalid
+                    .error(format!("expirationDate is not an RFC 3339 timestamp: {e}"))
             }),
     }
 }
@@ -333,10 +325,7 @@ fn parse_public_key(v: Option<&str>) -> Result<Option<Vec<u8>>, Error> {
         .decode(s)
         .map(Some)
         .map_err(|e| {
-            Error::invalid(
-                "KEY-public-key-bad-base64",
-                format!("publicKey is not valid base64: {e}"),
-            )
+            ErrorKind::PublicKeyBadBase64.error(format!("publicKey is not valid base64: {e}"))
         })
 }
 
@@ -362,10 +351,9 @@ fn parse_uint(v: Option<&Value>, name: &str, max: u64) -> Result<u64, Error> {
     };
     match n {
         Some(n) if n <= max => Ok(n),
-        _ => Err(Error::invalid(
-            "LIST-query-invalid",
-            format!("query.{name} must be an unsigned integer of at most {max}"),
-        )),
+        _ => Err(ErrorKind::ListQueryInvalid.error(format!(
+            "query.{name} must be an unsigned integer of at most {max}"
+        ))),
     }
 }
 

@@ -10,7 +10,7 @@ use rsa::pkcs1::der::Decode;
 use rsa::pkcs8::ObjectIdentifier;
 use rsa::pkcs8::spki::SubjectPublicKeyInfoRef;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 
 /// Largest accepted public key document (PEM), in bytes.
 pub const MAX_PUBLIC_KEY_BYTES: usize = 16 * 1024;
@@ -231,10 +231,6 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-fn key_error(id: &'static str, message: impl Into<String>) -> Error {
-    Error::invalid(id, message.into())
-}
-
 impl PublicKey {
     /// Parses a PEM public key: SubjectPublicKeyInfo (`PUBLIC KEY`) or
     /// PKCS#1 (`RSA PUBLIC KEY`).
@@ -249,43 +245,29 @@ impl PublicKey {
     /// ```
     pub fn from_pem(pem: &[u8]) -> Result<PublicKey, Error> {
         if pem.len() > MAX_PUBLIC_KEY_BYTES {
-            return Err(key_error(
-                "KEY-public-key-too-large",
-                format!(
-                    "public key is {} bytes; at most {} bytes are accepted",
-                    pem.len(),
-                    MAX_PUBLIC_KEY_BYTES
-                ),
-            ));
+            return Err(ErrorKind::PublicKeyTooLarge.error(format!(
+                "public key is {} bytes; at most {} bytes are accepted",
+                pem.len(),
+                MAX_PUBLIC_KEY_BYTES
+            )));
         }
         // Without this, text that is not PEM at all gets the PEM parser's
         // message about its preamble, which names the wrong problem.
         if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
-            return Err(key_error(
-                "KEY-public-key-bad-pem",
-                "public key is not a PEM document: it has no -----BEGIN line",
-            ));
+            return Err(ErrorKind::PublicKeyBadPem
+                .error("public key is not a PEM document: it has no -----BEGIN line"));
         }
         let (label, der) = rsa::pkcs1::der::pem::decode_vec(pem).map_err(|e| {
-            key_error(
-                "KEY-public-key-bad-pem",
-                format!("public key is not a valid PEM document: {e}"),
-            )
+            ErrorKind::PublicKeyBadPem.error(format!("public key is not a valid PEM document: {e}"))
         })?;
         match label {
             "PUBLIC KEY" => PublicKey::from_spki_der(&der),
             "RSA PUBLIC KEY" => PublicKey::from_pkcs1_der(&der),
-            "CERTIFICATE" | "X509 CERTIFICATE" | "TRUSTED CERTIFICATE" => Err(key_error(
-                "KEY-public-key-certificate",
-                "a certificate was given; send the PEM public key (PUBLIC KEY or RSA PUBLIC KEY) instead",
+            "CERTIFICATE" | "X509 CERTIFICATE" | "TRUSTED CERTIFICATE" => Err(ErrorKind::PublicKeyCertificate.error("a certificate was given; send the PEM public key (PUBLIC KEY or RSA PUBLIC KEY) instead",
             )),
-            l if l.contains("PRIVATE KEY") => Err(key_error(
-                "KEY-public-key-private",
-                format!("a private key ({l}) was given; send only the public key"),
+            l if l.contains("PRIVATE KEY") => Err(ErrorKind::PublicKeyPrivate.error(format!("a private key ({l}) was given; send only the public key"),
             )),
-            other => Err(key_error(
-                "KEY-public-key-bad-pem",
-                format!("unsupported PEM label {other:?}; expected PUBLIC KEY or RSA PUBLIC KEY"),
+            other => Err(ErrorKind::PublicKeyBadPem.error(format!("unsupported PEM label {other:?}; expected PUBLIC KEY or RSA PUBLIC KEY"),
             )),
         }
     }
@@ -293,18 +275,14 @@ impl PublicKey {
     /// Parses a DER SubjectPublicKeyInfo.
     pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, Error> {
         let spki = SubjectPublicKeyInfoRef::from_der(der).map_err(|e| {
-            key_error(
-                "KEY-public-key-bad-der",
-                format!("public key is not a valid SubjectPublicKeyInfo: {e}"),
-            )
+            ErrorKind::PublicKeyBadDer.error(format!(
+                "public key is not a valid SubjectPublicKeyInfo: {e}"
+            ))
         })?;
         let oid = spki.algorithm.oid;
         if oid == OID_RSA {
             let bits = spki.subject_public_key.as_bytes().ok_or_else(|| {
-                key_error(
-                    "KEY-public-key-bad-der",
-                    "RSA public key bit string is not byte-aligned",
-                )
+                ErrorKind::PublicKeyBadDer.error("RSA public key bit string is not byte-aligned")
             })?;
             return PublicKey::from_pkcs1_der(bits);
         }
@@ -317,44 +295,32 @@ impl PublicKey {
                 Some(c) if c == OID_P256 => KeyKind::P256,
                 Some(c) if c == OID_P384 => KeyKind::P384,
                 Some(c) => {
-                    return Err(key_error(
-                        "KEY-public-key-unsupported",
-                        format!("EC curve {c} is not supported; use P-256 or P-384"),
-                    ));
+                    return Err(ErrorKind::PublicKeyUnsupported
+                        .error(format!("EC curve {c} is not supported; use P-256 or P-384")));
                 }
                 None => {
-                    return Err(key_error(
-                        "KEY-public-key-unsupported",
-                        "EC public key without a named curve; use P-256 or P-384",
-                    ));
+                    return Err(ErrorKind::PublicKeyUnsupported
+                        .error("EC public key without a named curve; use P-256 or P-384"));
                 }
             }
         } else if oid == OID_ED25519 {
             KeyKind::Ed25519
         } else {
-            return Err(key_error(
-                "KEY-public-key-unsupported",
-                format!(
+            return Err(ErrorKind::PublicKeyUnsupported.error(format!(
                     "public key algorithm {oid} is not supported; use RSA (2048-8192 bits), EC P-256, EC P-384 or Ed25519"
                 ),
             ));
         };
         let parsed =
             ParsedPublicKey::new(kind.default_algorithm().verification(), der).map_err(|_| {
-                key_error(
-                    "KEY-public-key-invalid",
-                    "the public key is not a valid point",
-                )
+                ErrorKind::PublicKeyInvalid.error("the public key is not a valid point")
             })?;
         PublicKey::from_parsed(kind, &parsed)
     }
 
     fn from_pkcs1_der(der: &[u8]) -> Result<PublicKey, Error> {
         let key = rsa::pkcs1::RsaPublicKey::from_der(der).map_err(|e| {
-            key_error(
-                "KEY-public-key-bad-der",
-                format!("RSA public key is not valid PKCS#1 DER: {e}"),
-            )
+            ErrorKind::PublicKeyBadDer.error(format!("RSA public key is not valid PKCS#1 DER: {e}"))
         })?;
         let modulus = strip_zeros(key.modulus.as_bytes());
         let bits = match modulus.first() {
@@ -362,37 +328,27 @@ impl PublicKey {
             None => 0,
         };
         if bits < MIN_RSA_BITS {
-            return Err(key_error(
-                "KEY-public-key-rsa-too-small",
-                format!("RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"),
-            ));
+            return Err(ErrorKind::RsaTooSmall.error(format!(
+                "RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"
+            )));
         }
         if bits > MAX_RSA_BITS {
-            return Err(key_error(
-                "KEY-public-key-rsa-too-large",
-                format!("RSA key has {bits} bits; at most {MAX_RSA_BITS} are accepted"),
-            ));
+            return Err(ErrorKind::RsaTooLarge.error(format!(
+                "RSA key has {bits} bits; at most {MAX_RSA_BITS} are accepted"
+            )));
         }
         let exponent = strip_zeros(key.public_exponent.as_bytes());
         let odd = exponent.last().is_some_and(|b| b & 1 == 1);
         let at_least_3 = exponent.len() > 1 || exponent.first().is_some_and(|b| *b >= 3);
         if !odd || !at_least_3 {
-            return Err(key_error(
-                "KEY-public-key-rsa-exponent",
-                "RSA public exponent must be odd and at least 3 (65537 is usual)",
-            ));
+            return Err(ErrorKind::RsaExponent
+                .error("RSA public exponent must be odd and at least 3 (65537 is usual)"));
         }
         let parsed = aws_lc_rs::rsa::PublicKey::from_der(der).map_err(|_| {
-            key_error(
-                "KEY-public-key-invalid",
-                "the RSA public key was rejected as invalid",
-            )
+            ErrorKind::PublicKeyInvalid.error("the RSA public key was rejected as invalid")
         })?;
         let spki = parsed.as_der().map_err(|_| {
-            key_error(
-                "KEY-public-key-invalid",
-                "the RSA public key cannot be encoded",
-            )
+            ErrorKind::PublicKeyInvalid.error("the RSA public key cannot be encoded")
         })?;
         Ok(PublicKey {
             kind: KeyKind::Rsa { bits },
@@ -403,7 +359,7 @@ impl PublicKey {
     fn from_parsed(kind: KeyKind, parsed: &ParsedPublicKey) -> Result<PublicKey, Error> {
         let spki: PublicKeyX509Der<'static> = parsed
             .as_der()
-            .map_err(|_| key_error("KEY-public-key-invalid", "the public key cannot be encoded"))?;
+            .map_err(|_| ErrorKind::PublicKeyInvalid.error("the public key cannot be encoded"))?;
         Ok(PublicKey {
             kind,
             spki: Arc::from(spki.as_ref()),
@@ -544,11 +500,7 @@ impl fmt::Debug for GeneratedKeyPair {
 /// Generates an RSA-2048 key pair with aws-lc-rs.
 pub fn generate_rsa_key_pair() -> Result<GeneratedKeyPair, Error> {
     let internal = |what: &str| {
-        Error::new(
-            crate::error::Code::Internal,
-            "KEY-generation-failed",
-            format!("RSA key generation failed: {what}"),
-        )
+        ErrorKind::KeyGenerationFailed.error(format!("RSA key generation failed: {what}"))
     };
     let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
         .map_err(|_| internal("generate"))?;

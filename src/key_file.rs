@@ -25,7 +25,7 @@ use rsa::pkcs1::der::Decode;
 use rsa::pkcs8::ObjectIdentifier;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Code, Error};
+use crate::error::{Error, ErrorKind};
 use crate::key::{Algorithm, KeyKind};
 
 /// The `type` of a machine key file.
@@ -96,17 +96,15 @@ impl KeyFile {
     /// Parses a key file.
     pub fn from_json(json: &[u8]) -> Result<KeyFile, Error> {
         serde_json::from_slice(json)
-            .map_err(|e| Error::invalid("KEYFILE-malformed", format!("malformed key file: {e}")))
+            .map_err(|e| ErrorKind::KeyFileMalformed.error(format!("malformed key file: {e}")))
     }
 
     /// Reads and parses a key file from disk.
     pub fn load(path: impl AsRef<Path>) -> Result<KeyFile, Error> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| {
-            Error::invalid(
-                "KEYFILE-unreadable",
-                format!("cannot read key file {}: {e}", path.display()),
-            )
+            ErrorKind::KeyFileUnreadable
+                .error(format!("cannot read key file {}: {e}", path.display()))
         })?;
         KeyFile::from_json(&bytes)
     }
@@ -153,7 +151,7 @@ impl std::fmt::Debug for AssertionSigner {
 }
 
 fn bad_key(message: impl Into<String>) -> Error {
-    Error::invalid("KEYFILE-bad-private-key", message.into())
+    ErrorKind::PrivateKeyInvalid.error(message.into())
 }
 
 use crate::key::{OID_EC, OID_ED25519, OID_P256, OID_P384, OID_RSA};
@@ -320,7 +318,7 @@ impl AssertionSigner {
     /// Signs `message` with the signer's algorithm and returns the raw JWS
     /// signature.
     pub fn sign_bytes(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        let failed = || Error::new(Code::Internal, "KEYFILE-sign-failed", "signing failed");
+        let failed = || ErrorKind::SigningFailed.error("signing failed");
         match &self.key {
             SigningKey::Rsa(pair) => {
                 let padding: &'static dyn signature::RsaEncoding = match self.alg {

@@ -36,7 +36,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::{Code, Error};
+use crate::error::Error;
 use crate::principal::Principal;
 use crate::verify::{Reason, Verifier, VerifyError};
 
@@ -182,6 +182,7 @@ impl<S> std::fmt::Debug for JwtProfile<S> {
 
 /// What kind of refusal a [`Rejection`] is.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RejectionKind {
     /// No credentials (no header, or another scheme than Bearer).
     MissingCredentials,
@@ -205,11 +206,7 @@ pub struct Rejection {
 impl Rejection {
     fn new(kind: RejectionKind, grpc: Option<HeaderValue>, realm: &str) -> Rejection {
         let error = match &kind {
-            RejectionKind::MissingCredentials => Error::new(
-                Code::Unauthenticated,
-                "AUTH-missing",
-                "no bearer token in the request",
-            ),
+            RejectionKind::MissingCredentials => Error::missing_credentials(),
             RejectionKind::InvalidToken(r) => VerifyError::Invalid(*r).to_error(),
             RejectionKind::StoreUnavailable => VerifyError::Unavailable(String::new()).to_error(),
         };

@@ -74,7 +74,7 @@ pub mod store;
 pub mod verify;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Code, Error};
+pub use error::{Code, Error, ErrorKind};
 pub use key_file::{AssertionSigner, KeyFile};
 pub use layer::{
     JwtProfile, JwtProfileLayer, Rejection, RejectionKind, ResponseBody, ResponseFuture,

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::error::{Code, Error};
+use crate::error::Error;
 
 /// Who a validated assertion proves the caller to be.
 ///
@@ -52,11 +52,7 @@ pub struct MissingPrincipal;
 impl MissingPrincipal {
     /// The error this rejection stands for.
     pub fn error(self) -> Error {
-        Error::new(
-            Code::Unauthenticated,
-            "AUTH-missing",
-            "this route requires an authenticated machine user",
-        )
+        Error::missing_credentials()
     }
 }
 

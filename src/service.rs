@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Code, Error};
+use crate::error::{Error, ErrorKind};
 use crate::key::{self, Details, KeyType, MachineKey, PublicKey};
 use crate::key_file::KeyFile;
 use crate::policy::{Action, DefaultPolicy, KeyAccess, Policy};
@@ -42,11 +42,11 @@ impl IdKind {
         }
     }
 
-    fn error_id(self) -> &'static str {
+    fn error_kind(self) -> ErrorKind {
         match self {
-            IdKind::User => "PARAM-user-id-invalid",
-            IdKind::Key => "PARAM-key-id-invalid",
-            IdKind::Org => "PARAM-org-id-invalid",
+            IdKind::User => ErrorKind::UserIdInvalid,
+            IdKind::Key => ErrorKind::KeyIdInvalid,
+            IdKind::Org => ErrorKind::OrgIdInvalid,
         }
     }
 }
@@ -62,10 +62,7 @@ impl IdKind {
 /// ```
 pub fn validate_id(kind: IdKind, value: &str) -> Result<(), Error> {
     match key::id_problem(value) {
-        Some(p) => Err(Error::invalid(
-            kind.error_id(),
-            format!("{} {p}", kind.name()),
-        )),
+        Some(p) => Err(kind.error_kind().error(format!("{} {p}", kind.name()))),
         None => Ok(()),
     }
 }
@@ -152,36 +149,26 @@ impl std::fmt::Debug for KeyService {
 
 fn store_error(e: StoreError) -> Error {
     match e {
-        StoreError::DuplicateId => Error::new(
-            Code::AlreadyExists,
-            "KEY-id-exists",
-            "a key with this id exists already",
-        ),
+        StoreError::DuplicateId => {
+            ErrorKind::KeyIdExists.error("a key with this id exists already")
+        }
         // Which organization is not said: a caller allowed to manage keys
         // in one organization learns nothing about another.
-        StoreError::UserInOtherOrg(_) => Error::new(
-            Code::FailedPrecondition,
-            "KEY-user-other-org",
-            "the user's keys belong to another organization",
-        ),
+        StoreError::UserInOtherOrg(_) => {
+            ErrorKind::UserInOtherOrg.error("the user's keys belong to another organization")
+        }
         StoreError::KeyLimit(max) => key_limit(max),
         StoreError::Unavailable(why) => {
             tracing::warn!(%why, "key store unavailable");
-            Error::new(
-                Code::Unavailable,
-                "STORE-unavailable",
-                "the key store cannot be reached; try again",
-            )
+            Error::unavailable(why)
         }
     }
 }
 
 fn key_limit(max: u64) -> Error {
-    Error::new(
-        Code::ResourceExhausted,
-        "KEY-limit-reached",
-        format!("the user holds {max} keys already; at most {max} are allowed"),
-    )
+    ErrorKind::KeyLimitReached.error(format!(
+        "the user holds {max} keys already; at most {max} are allowed"
+    ))
 }
 
 /// Bounds how many RSA key pairs are generated at once, process-wide:
@@ -198,13 +185,7 @@ fn keygen_permits() -> &'static tokio::sync::Semaphore {
 
 /// Generates an RSA-2048 key pair off the async executor.
 async fn generate_key_pair() -> Result<key::GeneratedKeyPair, Error> {
-    let internal = || {
-        Error::new(
-            Code::Internal,
-            "KEY-generation-failed",
-            "RSA key generation failed",
-        )
-    };
+    let internal = || ErrorKind::KeyGenerationFailed.error("RSA key generation failed");
     let _permit = keygen_permits().acquire().await.map_err(|_| internal())?;
     tokio::task::spawn_blocking(key::generate_rsa_key_pair)
         .await
@@ -212,11 +193,7 @@ async fn generate_key_pair() -> Result<key::GeneratedKeyPair, Error> {
 }
 
 fn not_found() -> Error {
-    Error::new(
-        Code::NotFound,
-        "KEY-not-found",
-        "no such key for this user and organization",
-    )
+    ErrorKind::KeyNotFound.error("no such key for this user and organization")
 }
 
 impl KeyService {
@@ -308,11 +285,8 @@ impl KeyService {
         if self.policy.allows(&access) {
             Ok(org_id)
         } else {
-            Err(Error::new(
-                Code::PermissionDenied,
-                "AUTH-permission-denied",
-                "the caller may not manage this user's keys in this organization",
-            ))
+            Err(ErrorKind::PermissionDenied
+                .error("the caller may not manage this user's keys in this organization"))
         }
     }
 
@@ -330,16 +304,11 @@ impl KeyService {
             .expiration_date
             .unwrap_or_else(key::default_expiration);
         if expiration_date <= now {
-            return Err(Error::invalid(
-                "KEY-expiration-past",
-                "expirationDate must be in the future",
-            ));
+            return Err(ErrorKind::ExpirationPast.error("expirationDate must be in the future"));
         }
         if expiration_date > key::default_expiration() {
-            return Err(Error::invalid(
-                "KEY-expiration-too-late",
-                "expirationDate must not be after 9999-12-31T23:59:59Z",
-            ));
+            return Err(ErrorKind::ExpirationTooLate
+                .error("expirationDate must not be after 9999-12-31T23:59:59Z"));
         }
         // Before any expensive work (key generation takes tens of ms).
         if let Some(max) = self.max_keys_per_user {
@@ -418,10 +387,8 @@ impl KeyService {
         let limit = match request.limit {
             0 => DEFAULT_LIST_LIMIT,
             l if l > MAX_LIST_LIMIT => {
-                return Err(Error::invalid(
-                    "LIST-limit-too-large",
-                    format!("limit must be at most {MAX_LIST_LIMIT}"),
-                ));
+                return Err(ErrorKind::ListLimitTooLarge
+                    .error(format!("limit must be at most {MAX_LIST_LIMIT}")));
             }
             l => l,
         };

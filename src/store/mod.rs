@@ -214,6 +214,7 @@ pub struct Removed {
 
 /// Why a store operation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreError {
     /// A key with this id exists already.
     DuplicateId,

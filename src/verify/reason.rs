@@ -2,12 +2,12 @@
 
 use std::fmt;
 
-use crate::error::{Code, Error};
+use crate::error::{Error, ErrorKind};
 
 /// Why an assertion was refused. Each has a stable [`id`](Reason::id) and a
 /// short [`description`](Reason::description) (used in
 /// `WWW-Authenticate: … error_description="…"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Reason {
     /// The token is larger than the configured maximum.
@@ -94,6 +94,7 @@ impl fmt::Display for Reason {
 /// Why verification failed: the token is bad, or the key store could not be
 /// asked (then the token may be fine).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// The token is refused (401).
     Invalid(Reason),
@@ -113,12 +114,8 @@ impl VerifyError {
     /// As a crate [`Error`] (code 16 or 14).
     pub fn to_error(&self) -> Error {
         match self {
-            VerifyError::Invalid(r) => Error::new(Code::Unauthenticated, r.id(), r.description()),
-            VerifyError::Unavailable(_) => Error::new(
-                Code::Unavailable,
-                "STORE-unavailable",
-                "the key store cannot be reached; try again",
-            ),
+            VerifyError::Invalid(r) => ErrorKind::Token(*r).error(r.description()),
+            VerifyError::Unavailable(why) => Error::unavailable(why),
         }
     }
 }

@@ -265,6 +265,7 @@ async fn rejection_hook_shapes_the_response() {
             RejectionKind::MissingCredentials => "log in first".to_string(),
             RejectionKind::InvalidToken(reason) => format!("no: {}", reason.id()),
             RejectionKind::StoreUnavailable => "later".to_string(),
+            other => format!("{other:?}"),
         };
         let mut res = Response::new(Bytes::from(text));
         *res.status_mut() = if r.is_grpc() {
