@@ -1,6 +1,8 @@
 //! Time, settable in tests.
 
+#[cfg(feature = "test-util")]
 use std::sync::Arc;
+#[cfg(feature = "test-util")]
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
@@ -22,7 +24,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that stands still until moved; clones share one time.
+/// A clock that stands still until moved; clones share one time (feature
+/// `test-util`).
 ///
 /// ```
 /// use jwt_profile::{Clock, ManualClock};
@@ -30,11 +33,13 @@ impl Clock for SystemClock {
 /// clock.advance_secs(30);
 /// assert_eq!(clock.now().timestamp(), 1_030);
 /// ```
+#[cfg(feature = "test-util")]
 #[derive(Clone, Debug)]
 pub struct ManualClock {
     micros: Arc<AtomicI64>,
 }
 
+#[cfg(feature = "test-util")]
 impl ManualClock {
     /// A clock at `secs` seconds after the Unix epoch.
     pub fn at_unix(secs: i64) -> Self {
@@ -62,6 +67,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(feature = "test-util")]
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_micros(self.micros.load(Ordering::SeqCst)).unwrap_or_default()

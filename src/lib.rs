@@ -73,7 +73,9 @@ pub mod service;
 pub mod store;
 pub mod verify;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "test-util")]
+pub use clock::ManualClock;
+pub use clock::{Clock, SystemClock};
 pub use error::{Code, Error, ErrorKind};
 pub use key_file::{AssertionSigner, KeyFile};
 pub use layer::{

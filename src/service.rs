@@ -14,7 +14,7 @@ use crate::key::{self, Details, KeyType, MachineKey, PublicKey};
 use crate::key_file::KeyFile;
 use crate::policy::{Action, DefaultPolicy, KeyAccess, Policy};
 use crate::principal::Principal;
-use crate::store::{KeyStore, ListQuery, NewKey, StoreError};
+use crate::store::{CachedStore, KeyStore, ListQuery, NewKey, StoreError};
 
 pub use crate::key::MAX_ID_BYTES;
 /// Page size when a list request names none (or 0).
@@ -198,9 +198,11 @@ fn not_found() -> Error {
 
 impl KeyService {
     /// A service over `store` with the default policy and no administrators.
-    /// Pass a [`CachedStore`](crate::store::CachedStore) shared with the
-    /// verifier so removals take effect there at once.
-    pub fn new(store: impl KeyStore) -> KeyService {
+    ///
+    /// It takes the [`CachedStore`] — not a bare [`KeyStore`] — so every
+    /// write goes through the cache the verifier reads: give the verifier a
+    /// clone of the same value, and a removal takes effect there at once.
+    pub fn new(store: CachedStore) -> KeyService {
         KeyService {
             store: Arc::new(store),
             policy: Arc::new(DefaultPolicy::new()),
@@ -216,6 +218,7 @@ impl KeyService {
         self
     }
 
+    #[cfg(feature = "test-util")]
     /// Replaces the clock (for tests).
     pub fn with_clock(mut self, clock: impl Clock) -> KeyService {
         self.clock = Arc::new(clock);

@@ -106,6 +106,7 @@ impl Verifier {
         }
     }
 
+    #[cfg(feature = "test-util")]
     /// The same verifier reading time from `clock` (for tests). Its cache of
     /// checked assertions starts empty.
     pub fn with_clock(self, clock: impl Clock) -> Verifier {

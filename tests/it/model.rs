@@ -257,6 +257,7 @@ proptest! {
         rt.block_on(async { run(backends::sqlite().await.expect("sqlite"), ops).await })?;
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn the_verifier_answers_what_the_model_answers_on_postgres(ops in prop::collection::vec(op(), 1..40)) {
         if std::env::var("JWT_PROFILE_TEST_POSTGRES").is_ok() {

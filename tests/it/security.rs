@@ -196,6 +196,7 @@ async fn a_removed_key_refuses_a_remembered_assertion_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg(feature = "postgres")]
 async fn a_removed_key_refuses_a_remembered_assertion_on_postgres() {
     let Some(backend) = backends::postgres().await else {
         return;
@@ -204,6 +205,7 @@ async fn a_removed_key_refuses_a_remembered_assertion_on_postgres() {
 }
 
 /// Polls `check` until it holds or `limit` passes; returns how long it took.
+#[cfg(feature = "postgres")]
 async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -219,6 +221,7 @@ async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option
 /// sequence (it remembers T1 across a reload of the key); the key is
 /// removed on A; B refuses T1 within 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg(feature = "postgres")]
 async fn another_postgres_replica_refuses_a_removed_key_within_a_second() {
     let Some((schema, options)) = backends::postgres_schema().await else {
         return;
@@ -251,6 +254,7 @@ async fn another_postgres_replica_refuses_a_removed_key_within_a_second() {
 /// A `kid` that breaks the id rules is malformed, decided before any store
 /// read — on PostgreSQL, where a NUL byte used to reach the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg(feature = "postgres")]
 async fn a_kid_with_a_nul_byte_is_malformed_without_a_store_read() {
     let Some(backend) = backends::postgres().await else {
         return;
@@ -401,6 +405,7 @@ async fn a_flood_of_unknown_kids_does_not_cost_fresh_keys_their_first_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg(feature = "postgres")]
 async fn a_flood_of_unknown_kids_on_two_postgres_replicas_spares_fresh_keys() {
     let Some((schema, options)) = backends::postgres_schema().await else {
         return;
@@ -524,6 +529,7 @@ async fn concurrent_creates_stop_at_the_limit_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg(feature = "postgres")]
 async fn concurrent_creates_stop_at_the_limit_on_postgres() {
     let Some(backend) = backends::postgres().await else {
         return;
@@ -604,6 +610,7 @@ async fn failed_precondition_does_not_name_the_other_organization() {
 
 /// How the link between replica A and the database fails.
 #[derive(Clone, Copy, Debug)]
+#[cfg(feature = "postgres")]
 enum LinkFailure {
     /// Connections closed, new ones refused (a partition that resets).
     Cut,
@@ -616,6 +623,7 @@ enum LinkFailure {
 /// From 1 s after the removal, A must not accept it: it cannot hear the
 /// change feed, so it must stop trusting its caches (503), not serve them
 /// for their lifetime. Once the link is back, A refuses the key (401).
+#[cfg(feature = "postgres")]
 async fn a_replica_that_cannot_hear_the_feed_fails_closed(failure: LinkFailure) {
     let Some((schema, options)) = backends::postgres_schema().await else {
         return;
@@ -693,11 +701,13 @@ async fn a_replica_that_cannot_hear_the_feed_fails_closed(failure: LinkFailure) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg(feature = "postgres")]
 async fn a_replica_cut_off_from_the_database_fails_closed_within_a_second() {
     a_replica_that_cannot_hear_the_feed_fails_closed(LinkFailure::Cut).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg(feature = "postgres")]
 async fn a_replica_whose_database_link_stalls_fails_closed_within_a_second() {
     a_replica_that_cannot_hear_the_feed_fails_closed(LinkFailure::Freeze).await;
 }
