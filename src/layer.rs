@@ -550,3 +550,39 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(value: &str, scheme_required: bool) -> Option<String> {
+        let header = HeaderValue::from_str(value).expect("header");
+        match credentials(Some(&header), scheme_required) {
+            Credentials::None => None,
+            Credentials::Token { value, start } => {
+                Some(String::from_utf8_lossy(&value.as_bytes()[start..]).into_owned())
+            }
+        }
+    }
+
+    #[test]
+    fn credentials_take_the_bearer_token_in_any_case_and_skip_other_schemes() {
+        assert_eq!(token("Bearer abc", true).as_deref(), Some("abc"));
+        assert_eq!(token("bEaReR   abc", true).as_deref(), Some("abc"));
+        assert_eq!(token("Basic dXNlcg==", true), None);
+        assert_eq!(token("Bearer", true), None, "a scheme with no token");
+        assert_eq!(token("Bearerabc", true), None);
+        // A custom header carries the token itself, Bearer optional.
+        assert_eq!(token("abc", false).as_deref(), Some("abc"));
+        assert_eq!(token("Bearer abc", false).as_deref(), Some("abc"));
+        assert!(matches!(credentials(None, true), Credentials::None));
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(grpc_percent_encode("token expired"), "token expired");
+        assert_eq!(grpc_percent_encode("100%"), "100%25");
+        assert_eq!(grpc_percent_encode("é\n"), "%C3%A9%0A");
+        assert_eq!(grpc_percent_encode("\u{7f}"), "%7F");
+    }
+}

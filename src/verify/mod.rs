@@ -548,3 +548,61 @@ fn required_date(
         Some(_) => Err(malformed(wrong)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v() -> Validation {
+        Validation::new(["aud"])
+            .leeway(Duration::from_secs(60))
+            .max_age(Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn time_rules_hold_at_their_edges() {
+        let now = 1_000_000.0;
+        let ok = |exp: f64, iat: f64, nbf: Option<f64>| check_times(exp, iat, nbf, &v(), now);
+        assert!(ok(now + 1.0, now, None).is_ok());
+        // exp: now < exp + L
+        assert!(ok(now - 59.9, now - 10.0, None).is_ok());
+        assert_eq!(
+            ok(now - 60.0, now - 10.0, None),
+            Err(Reason::Expired.into())
+        );
+        // iat: iat <= now + L
+        assert!(ok(now + 600.0, now + 60.0, None).is_ok());
+        assert_eq!(
+            ok(now + 600.0, now + 60.5, None),
+            Err(Reason::IssuedInFuture.into())
+        );
+        // age: now - iat <= max age + L
+        assert!(ok(now + 600.0, now - 3660.0, None).is_ok());
+        assert_eq!(
+            ok(now + 600.0, now - 3660.5, None),
+            Err(Reason::TooOld.into())
+        );
+        // nbf: nbf <= now + L
+        assert!(ok(now + 600.0, now, Some(now + 60.0)).is_ok());
+        assert_eq!(
+            ok(now + 600.0, now, Some(now + 61.0)),
+            Err(Reason::NotYetValid.into())
+        );
+    }
+
+    #[test]
+    fn kid_problems_name_the_kid() {
+        for (kid, why) in [
+            ("", "kid is empty"),
+            ("a/b", "kid contains '/'"),
+            ("a\u{0}b", "kid contains a control character"),
+        ] {
+            let problem = crate::key::id_problem(kid).expect("a problem");
+            assert_eq!(kid_problem(problem), why);
+        }
+        let long = "k".repeat(201);
+        let problem = crate::key::id_problem(&long).expect("a problem");
+        assert_eq!(kid_problem(problem), "kid is longer than 200 bytes");
+        assert_eq!(crate::key::id_problem("69629023906488334"), None);
+    }
+}
