@@ -23,19 +23,16 @@ fn b64(s: &str) -> String {
 
 async fn create(app: &App, user: &str, token: &str, body: Value) -> common::Answer {
     app.http
-        .call(
-            Method::POST,
-            &format!("/users/{user}/keys"),
-            token,
-            &[],
-            body.to_string(),
-        )
+        .post(format!("/users/{user}/keys"))
+        .token(token)
+        .json(&body)
+        .send()
         .await
 }
 
 async fn whoami(app: &App, signer: &AssertionSigner) -> common::Answer {
     let token = signer.sign(&app.audience).expect("sign");
-    app.http.call(Method::GET, "/whoami", &token, &[], "").await
+    app.http.get("/whoami").token(&token).send().await
 }
 
 #[tokio::test]
@@ -97,7 +94,7 @@ async fn assertions_from_an_independent_signer_are_accepted() {
     let claims = json!({"iss": file.user_id, "sub": file.user_id, "aud": app.audience, "iat": now, "exp": now + 300});
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(file.key.as_bytes()).expect("pem");
     let token = jsonwebtoken::encode(&header, &claims, &key).expect("encode");
-    let me = app.http.call(Method::GET, "/whoami", &token, &[], "").await;
+    let me = app.http.get("/whoami").token(&token).send().await;
     assert_eq!(me.status, StatusCode::OK, "{:?}", me.body);
     assert_eq!(me.json()["userId"], "go-client");
 }
@@ -192,13 +189,9 @@ async fn get_returns_the_key_without_private_material() {
     let key_id = res.json()["keyId"].as_str().expect("id").to_string();
     let got = app
         .http
-        .call(
-            Method::GET,
-            &format!("/users/bot/keys/{key_id}"),
-            &app.admin_token(),
-            &[],
-            "",
-        )
+        .get(format!("/users/bot/keys/{key_id}"))
+        .token(&app.admin_token())
+        .send()
         .await;
     assert_eq!(got.status, StatusCode::OK);
     let key = &got.json()["key"];
@@ -227,13 +220,10 @@ async fn list_pages_and_orders_by_creation() {
         let token = token.clone();
         async move {
             app.http
-                .call(
-                    Method::POST,
-                    "/users/lister/keys/_search",
-                    &token,
-                    &[],
-                    body.to_string(),
-                )
+                .post("/users/lister/keys/_search")
+                .token(&token)
+                .json(&body)
+                .send()
                 .await
         }
     };
@@ -277,7 +267,9 @@ async fn list_pages_and_orders_by_creation() {
     // An empty body is an empty query.
     let empty = app
         .http
-        .call(Method::POST, "/users/lister/keys/_search", &token, &[], "")
+        .post("/users/lister/keys/_search")
+        .token(&token)
+        .send()
         .await;
     assert_eq!(listed(&empty).len(), 3);
 }
@@ -300,7 +292,7 @@ async fn removed_key_stops_logging_in_at_once() {
     let path = format!("/users/leaver/keys/{key_id}");
     // The machine may remove its own key.
     let own = signer.sign(&app.audience).expect("sign");
-    let removed = app.http.call(Method::DELETE, &path, &own, &[], "").await;
+    let removed = app.http.delete(path.to_string()).token(&own).send().await;
     assert_eq!(removed.status, StatusCode::OK, "{:?}", removed.body);
     let details = &removed.json()["details"];
     assert!(
@@ -322,12 +314,16 @@ async fn removed_key_stops_logging_in_at_once() {
     assert_eq!(after.error_id(), "TOKEN-unknown-key");
     let again = app
         .http
-        .call(Method::DELETE, &path, &app.admin_token(), &[], "")
+        .delete(path.to_string())
+        .token(&app.admin_token())
+        .send()
         .await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
     let got = app
         .http
-        .call(Method::GET, &path, &app.admin_token(), &[], "")
+        .get(path.to_string())
+        .token(&app.admin_token())
+        .send()
         .await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
 }
@@ -339,7 +335,11 @@ async fn organization_header_scopes_every_operation() {
     let org = [("x-zitadel-orgid", "acme")];
     let res = app
         .http
-        .call(Method::POST, "/users/bot/keys", &token, &org, "{}")
+        .post("/users/bot/keys")
+        .token(&token)
+        .headers(&org)
+        .body("{}")
+        .send()
         .await;
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(res.json()["details"]["resourceOwner"], "acme");
@@ -353,23 +353,34 @@ async fn organization_header_scopes_every_operation() {
         AssertionSigner::from_key_file(&KeyFile::from_json(&file_json).expect("f")).expect("s");
     assert_eq!(whoami(&app, &signer).await.json()["orgId"], "acme");
     // Without the header the admin's own organization is the target: 404.
-    let other_org = app.http.call(Method::GET, &path, &token, &[], "").await;
+    let other_org = app.http.get(path.to_string()).token(&token).send().await;
     assert_eq!(other_org.status, StatusCode::NOT_FOUND);
     assert_eq!(other_org.error_id(), "KEY-not-found");
-    let in_org = app.http.call(Method::GET, &path, &token, &org, "").await;
+    let in_org = app
+        .http
+        .get(path.to_string())
+        .token(&token)
+        .headers(&org)
+        .send()
+        .await;
     assert_eq!(in_org.status, StatusCode::OK);
     let listed = app
         .http
-        .call(Method::POST, "/users/bot/keys/_search", &token, &[], "{}")
+        .post("/users/bot/keys/_search")
+        .token(&token)
+        .body("{}")
+        .send()
         .await;
     assert_eq!(listed.json()["details"]["totalResult"], "0");
-    let removed_elsewhere = app.http.call(Method::DELETE, &path, &token, &[], "").await;
+    let removed_elsewhere = app.http.delete(path.to_string()).token(&token).send().await;
     assert_eq!(removed_elsewhere.status, StatusCode::NOT_FOUND);
     // The machine manages its own keys in its own organization, no header needed.
     let own = signer.sign(&app.audience).expect("sign");
     assert_eq!(
         app.http
-            .call(Method::GET, &path, &own, &[], "")
+            .get(path.to_string())
+            .token(&own)
+            .send()
             .await
             .status,
         StatusCode::OK
@@ -385,24 +396,20 @@ async fn org_header_name_is_configurable() {
     .await;
     let res = app
         .http
-        .call(
-            Method::POST,
-            "/users/bot/keys",
-            &app.admin_token(),
-            &[("x-org", "beta")],
-            "{}",
-        )
+        .post("/users/bot/keys")
+        .token(&app.admin_token())
+        .headers(&[("x-org", "beta")])
+        .body("{}")
+        .send()
         .await;
     assert_eq!(res.json()["details"]["resourceOwner"], "beta");
     let ignored = app
         .http
-        .call(
-            Method::POST,
-            "/users/bot2/keys",
-            &app.admin_token(),
-            &[("x-zitadel-orgid", "beta")],
-            "{}",
-        )
+        .post("/users/bot2/keys")
+        .token(&app.admin_token())
+        .headers(&[("x-zitadel-orgid", "beta")])
+        .body("{}")
+        .send()
         .await;
     assert_eq!(ignored.json()["details"]["resourceOwner"], ORG);
 }
@@ -421,10 +428,7 @@ async fn unknown_fields_nulls_and_numeric_types_are_accepted() {
         assert_eq!(res.status, StatusCode::OK, "{body}: {:?}", res.body);
         assert!(res.json()["keyDetails"].is_string(), "{body}: generated");
     }
-    let empty = app
-        .http
-        .call(Method::POST, "/users/flex/keys", &token, &[], "")
-        .await;
+    let empty = app.http.post("/users/flex/keys").token(&token).send().await;
     assert_eq!(empty.status, StatusCode::OK);
 }
 
@@ -527,7 +531,10 @@ async fn invalid_argument_400_for_every_kind_of_bad_input() {
     for (path, body, id) in raw_cases {
         let res = app
             .http
-            .call(Method::POST, path, &token, &[], body.clone())
+            .post(path)
+            .token(&token)
+            .body(body.clone())
+            .send()
             .await;
         assert_eq!(
             res.status,
@@ -540,29 +547,38 @@ async fn invalid_argument_400_for_every_kind_of_bad_input() {
     let long_user = format!("/users/{}/keys", "u".repeat(201));
     let res = app
         .http
-        .call(Method::POST, &long_user, &token, &[], "{}")
+        .post(long_user.to_string())
+        .token(&token)
+        .body("{}")
+        .send()
         .await;
     assert_eq!(res.error_id(), "PARAM-user-id-invalid");
     let ok_user = format!("/users/{}/keys", "u".repeat(200));
     assert_eq!(
         app.http
-            .call(Method::POST, &ok_user, &token, &[], "{}")
+            .post(ok_user.to_string())
+            .token(&token)
+            .body("{}")
+            .send()
             .await
             .status,
         StatusCode::OK
     );
     let long_key = format!("/users/bot/keys/{}", "1".repeat(201));
-    let res = app.http.call(Method::GET, &long_key, &token, &[], "").await;
+    let res = app
+        .http
+        .get(long_key.to_string())
+        .token(&token)
+        .send()
+        .await;
     assert_eq!(res.error_id(), "PARAM-key-id-invalid");
     let empty_org = app
         .http
-        .call(
-            Method::POST,
-            "/users/bot/keys",
-            &token,
-            &[("x-zitadel-orgid", "")],
-            "{}",
-        )
+        .post("/users/bot/keys")
+        .token(&token)
+        .headers(&[("x-zitadel-orgid", "")])
+        .body("{}")
+        .send()
         .await;
     assert_eq!(empty_org.status, StatusCode::BAD_REQUEST);
     assert_eq!(empty_org.error_id(), "PARAM-org-id-invalid");
@@ -574,24 +590,20 @@ async fn failed_precondition_when_user_is_bound_to_another_org() {
     let token = app.admin_token();
     let first = app
         .http
-        .call(
-            Method::POST,
-            "/users/nomad/keys",
-            &token,
-            &[("x-zitadel-orgid", "a")],
-            "{}",
-        )
+        .post("/users/nomad/keys")
+        .token(&token)
+        .headers(&[("x-zitadel-orgid", "a")])
+        .body("{}")
+        .send()
         .await;
     assert_eq!(first.status, StatusCode::OK);
     let second = app
         .http
-        .call(
-            Method::POST,
-            "/users/nomad/keys",
-            &token,
-            &[("x-zitadel-orgid", "b")],
-            "{}",
-        )
+        .post("/users/nomad/keys")
+        .token(&token)
+        .headers(&[("x-zitadel-orgid", "b")])
+        .body("{}")
+        .send()
         .await;
     assert_eq!(second.status, StatusCode::BAD_REQUEST);
     assert_eq!(second.code(), 9);
@@ -601,24 +613,19 @@ async fn failed_precondition_when_user_is_bound_to_another_org() {
     let key_id = first.json()["keyId"].as_str().expect("id").to_string();
     let del = app
         .http
-        .call(
-            Method::DELETE,
-            &format!("/users/nomad/keys/{key_id}"),
-            &token,
-            &[("x-zitadel-orgid", "a")],
-            "",
-        )
+        .delete(format!("/users/nomad/keys/{key_id}"))
+        .token(&token)
+        .headers(&[("x-zitadel-orgid", "a")])
+        .send()
         .await;
     assert_eq!(del.status, StatusCode::OK);
     let third = app
         .http
-        .call(
-            Method::POST,
-            "/users/nomad/keys",
-            &token,
-            &[("x-zitadel-orgid", "b")],
-            "{}",
-        )
+        .post("/users/nomad/keys")
+        .token(&token)
+        .headers(&[("x-zitadel-orgid", "b")])
+        .body("{}")
+        .send()
         .await;
     assert_eq!(third.status, StatusCode::OK);
 }
@@ -687,23 +694,25 @@ async fn permission_denied_403_before_any_stored_state_is_read() {
     // A refused caller cannot tell a real key from a made-up one.
     let real = app
         .http
-        .call(Method::GET, &other_key, &token, &[], "")
+        .get(other_key.to_string())
+        .token(&token)
+        .send()
         .await;
     let fake = app
         .http
-        .call(Method::GET, "/users/other/keys/999", &token, &[], "")
+        .get("/users/other/keys/999")
+        .token(&token)
+        .send()
         .await;
     assert_eq!(real.body, fake.body);
     // Its own keys in its own organization are allowed (explicit header too).
     let own = app
         .http
-        .call(
-            Method::POST,
-            "/users/bot/keys",
-            &token,
-            &[("x-zitadel-orgid", ORG)],
-            "{}",
-        )
+        .post("/users/bot/keys")
+        .token(&token)
+        .headers(&[("x-zitadel-orgid", ORG)])
+        .body("{}")
+        .send()
         .await;
     assert_eq!(own.status, StatusCode::OK);
 }
@@ -776,7 +785,9 @@ async fn unavailable_503_when_the_store_is_down() {
     let token = app.admin_token();
     assert_eq!(
         app.http
-            .call(Method::POST, "/users/x/keys/_search", &token, &[], "")
+            .post("/users/x/keys/_search")
+            .token(&token)
+            .send()
             .await
             .status,
         StatusCode::OK
@@ -800,7 +811,10 @@ async fn unavailable_503_when_the_store_is_down() {
     outage.set_down(false);
     assert_eq!(
         app.http
-            .call(Method::POST, "/users/x/keys", &token, &[], "{}")
+            .post("/users/x/keys")
+            .token(&token)
+            .body("{}")
+            .send()
             .await
             .status,
         StatusCode::OK

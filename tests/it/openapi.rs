@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::*;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 fn doc() -> Value {
@@ -164,7 +164,10 @@ async fn real_answers_match_the_document() {
 
     let created = app
         .http
-        .call(Method::POST, "/users/doc/keys", &admin, &[], "{}")
+        .post("/users/doc/keys")
+        .token(&admin)
+        .body("{}")
+        .send()
         .await;
     conforms(&doc, keys, "post", &created);
     let id = created.json()["keyId"].as_str().expect("id").to_string();
@@ -179,13 +182,10 @@ async fn real_answers_match_the_document() {
         keys,
         "post",
         &app.http
-            .call(
-                Method::POST,
-                "/users/doc/keys",
-                &admin,
-                &[],
-                body.to_string(),
-            )
+            .post("/users/doc/keys")
+            .token(&admin)
+            .json(&body)
+            .send()
             .await,
     );
     for (status_body, token) in [("{\"type\":9}", admin.as_str()), ("{}", bot_token.as_str())] {
@@ -194,7 +194,10 @@ async fn real_answers_match_the_document() {
             keys,
             "post",
             &app.http
-                .call(Method::POST, "/users/doc/keys", token, &[], status_body)
+                .post("/users/doc/keys")
+                .token(token)
+                .body(status_body)
+                .send()
                 .await,
         );
     }
@@ -203,13 +206,11 @@ async fn real_answers_match_the_document() {
         keys,
         "post",
         &app.http
-            .call(
-                Method::POST,
-                "/users/doc/keys",
-                &admin,
-                &[("x-zitadel-orgid", "other")],
-                "{}",
-            )
+            .post("/users/doc/keys")
+            .token(&admin)
+            .headers(&[("x-zitadel-orgid", "other")])
+            .body("{}")
+            .send()
             .await,
     );
 
@@ -218,13 +219,9 @@ async fn real_answers_match_the_document() {
         one,
         "get",
         &app.http
-            .call(
-                Method::GET,
-                &format!("/users/doc/keys/{id}"),
-                &admin,
-                &[],
-                "",
-            )
+            .get(format!("/users/doc/keys/{id}"))
+            .token(&admin)
+            .send()
             .await,
     );
     conforms(
@@ -232,7 +229,9 @@ async fn real_answers_match_the_document() {
         one,
         "get",
         &app.http
-            .call(Method::GET, "/users/doc/keys/nope", &admin, &[], "")
+            .get("/users/doc/keys/nope")
+            .token(&admin)
+            .send()
             .await,
     );
     conforms(
@@ -240,13 +239,9 @@ async fn real_answers_match_the_document() {
         one,
         "get",
         &app.http
-            .call(
-                Method::GET,
-                &format!("/users/doc/keys/{id}"),
-                &bot_token,
-                &[],
-                "",
-            )
+            .get(format!("/users/doc/keys/{id}"))
+            .token(&bot_token)
+            .send()
             .await,
     );
 
@@ -255,13 +250,10 @@ async fn real_answers_match_the_document() {
         search,
         "post",
         &app.http
-            .call(
-                Method::POST,
-                "/users/doc/keys/_search",
-                &admin,
-                &[],
-                "{\"query\":{\"limit\":1,\"offset\":\"1\",\"asc\":true}}",
-            )
+            .post("/users/doc/keys/_search")
+            .token(&admin)
+            .body("{\"query\":{\"limit\":1,\"offset\":\"1\",\"asc\":true}}")
+            .send()
             .await,
     );
     conforms(
@@ -269,13 +261,10 @@ async fn real_answers_match_the_document() {
         search,
         "post",
         &app.http
-            .call(
-                Method::POST,
-                "/users/doc/keys/_search",
-                &admin,
-                &[],
-                "{\"query\":{\"limit\":5000}}",
-            )
+            .post("/users/doc/keys/_search")
+            .token(&admin)
+            .body("{\"query\":{\"limit\":5000}}")
+            .send()
             .await,
     );
 
@@ -284,13 +273,9 @@ async fn real_answers_match_the_document() {
         one,
         "delete",
         &app.http
-            .call(
-                Method::DELETE,
-                &format!("/users/doc/keys/{id}"),
-                &admin,
-                &[],
-                "",
-            )
+            .delete(format!("/users/doc/keys/{id}"))
+            .token(&admin)
+            .send()
             .await,
     );
     conforms(
@@ -298,13 +283,9 @@ async fn real_answers_match_the_document() {
         one,
         "delete",
         &app.http
-            .call(
-                Method::DELETE,
-                &format!("/users/doc/keys/{id}"),
-                &admin,
-                &[],
-                "",
-            )
+            .delete(format!("/users/doc/keys/{id}"))
+            .token(&admin)
+            .send()
             .await,
     );
 }

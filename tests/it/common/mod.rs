@@ -122,6 +122,79 @@ impl Http {
     }
 }
 
+/// A request being built: `http.get(path).token(t).header(k, v).send()`.
+pub struct Call<'h> {
+    http: &'h Http,
+    method: Method,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl Http {
+    fn request(&self, method: Method, path: impl Into<String>) -> Call<'_> {
+        Call {
+            http: self,
+            method,
+            path: path.into(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn get(&self, path: impl Into<String>) -> Call<'_> {
+        self.request(Method::GET, path)
+    }
+
+    pub fn post(&self, path: impl Into<String>) -> Call<'_> {
+        self.request(Method::POST, path)
+    }
+
+    pub fn delete(&self, path: impl Into<String>) -> Call<'_> {
+        self.request(Method::DELETE, path)
+    }
+}
+
+impl Call<'_> {
+    /// `Authorization: Bearer <token>`.
+    pub fn token(self, token: &str) -> Self {
+        self.header("authorization", &format!("Bearer {token}"))
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn headers(mut self, headers: &[(&str, &str)]) -> Self {
+        for (k, v) in headers {
+            self.headers.push((k.to_string(), v.to_string()));
+        }
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// A JSON body.
+    pub fn json(self, body: &Value) -> Self {
+        self.body(body.to_string())
+    }
+
+    pub async fn send(self) -> Answer {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.http
+            .send(self.method, &self.path, &headers, self.body)
+            .await
+    }
+}
+
 /// Serves `router` on 127.0.0.1 (any port) until the test ends.
 pub async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
