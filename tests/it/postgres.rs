@@ -15,14 +15,7 @@ use jwt_profile::{AssertionSigner, JwtProfileLayer, KeyService, Principal, Valid
 
 const AUD: &str = "https://api.example.com";
 
-async fn machine(keys: &KeyService, user: &str) -> AssertionSigner {
-    let me = Principal::new(user, "default", "-");
-    let created = keys
-        .create(&me, None, user, Default::default())
-        .await
-        .expect("create");
-    AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer")
-}
+use crate::common::machine;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_see_new_keys_at_once_and_drop_removed_keys_within_a_second() {

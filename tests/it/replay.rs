@@ -17,13 +17,7 @@ use serde_json::json;
 const AUD: &str = "https://api.example.com";
 
 async fn machine(store: &CachedStore, user: &str) -> AssertionSigner {
-    let keys = KeyService::new(store.clone());
-    let me = Principal::new(user, "default", "-");
-    let created = keys
-        .create(&me, None, user, Default::default())
-        .await
-        .expect("create");
-    AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer")
+    common::machine(&KeyService::new(store.clone()), user).await
 }
 
 async fn server(store: &CachedStore, replay: impl ReplayStore) -> Http {

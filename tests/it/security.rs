@@ -87,13 +87,7 @@ async fn replica(
 
 impl Replica {
     async fn machine(&self, user: &str) -> AssertionSigner {
-        let me = Principal::new(user, "default", "-");
-        let created = self
-            .keys
-            .create(&me, None, user, CreateKey::default())
-            .await
-            .expect("create");
-        AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer")
+        common::machine(&self.keys, user).await
     }
 
     async fn remove(&self, signer: &AssertionSigner) {

@@ -213,6 +213,17 @@ async fn whoami(who: Principal) -> axum::Json<Value> {
     }))
 }
 
+/// A machine: `user` creates its own server-generated key (in
+/// organization `default`) through `keys`; a signer for it.
+pub async fn machine(keys: &KeyService, user: &str) -> AssertionSigner {
+    let me = Principal::new(user, ORG, "-");
+    let created = keys
+        .create(&me, None, user, CreateKey::default())
+        .await
+        .expect("create key");
+    AssertionSigner::from_key_file(&created.key_file.expect("key file")).expect("signer")
+}
+
 /// A running app: the key API and `/whoami` behind the layer, an admin.
 pub struct App {
     pub http: Http,
