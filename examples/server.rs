@@ -75,12 +75,27 @@ fn replay_mode(value: &str) -> Result<ReplayMode, String> {
     }
 }
 
-/// `url` without its user and password, for messages.
+/// `url` without its user and password, for messages: the userinfo of a
+/// URL, and any `password=` parameter (of a URL's query or of a keyword
+/// string), are replaced with `…`.
 fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
+    let hidden = match (url.split_once("://"), url.rsplit_once('@')) {
         (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
         _ => url.to_string(),
+    };
+    let mut out = String::with_capacity(hidden.len());
+    let mut rest = hidden.as_str();
+    while let Some(at) = rest.to_ascii_lowercase().find("password=") {
+        let value = at + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push('…');
+        let end = rest[value..]
+            .find(['&', ' ', ';'])
+            .map_or(rest.len(), |e| value + e);
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// `JWT_PROFILE_MAX_KEYS_PER_USER`: `None` for no limit (`0`).
@@ -122,7 +137,7 @@ async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, String> {
         return jwt_profile::store::SqliteStore::open(url)
             .await
             .map(|s| Arc::new(s) as Arc<dyn KeyStore>)
-            .map_err(|e| format!("cannot open the SQLite store {url}: {e}"));
+            .map_err(|e| format!("cannot open the SQLite store {}: {e}", redacted(url)));
         #[cfg(not(feature = "sqlite"))]
         return Err("this build has no SQLite support (feature `sqlite`)".to_string());
     }

@@ -515,9 +515,12 @@ async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: 
                 directory.change(&id, false);
             }
             Ok(KeyEvent::Stalled) => {
-                target.stalled.store(true, Ordering::Release);
-                directory.flush();
-                target.cache.invalidate_all();
+                // Repeated while the feed is behind: only the first one
+                // needs to clear anything.
+                if !target.stalled.swap(true, Ordering::AcqRel) {
+                    directory.flush();
+                    target.cache.invalidate_all();
+                }
             }
             Ok(KeyEvent::Flush) | Err(RecvError::Lagged(_)) => {
                 directory.flush();

@@ -192,78 +192,153 @@ fn event_of(payload: &str) -> KeyEvent {
 }
 
 /// How often each store announces a heartbeat on the channel.
-const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
-/// Silence after which the feed counts as stalled.
-const STALL_AFTER: Duration = Duration::from_millis(700);
-/// The heartbeat's payload (a key id is never empty).
-const HEARTBEAT: &str = "";
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
+/// How far behind the feed may be before it counts as stalled: the age of
+/// this store's newest heartbeat that has come back through the feed.
+const STALE_AFTER: Duration = Duration::from_millis(700);
+/// How often the listener checks that the feed is current.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Heartbeat payloads start with this (a key notification starts with `+`
+/// or `-`).
+const HEARTBEAT_PREFIX: char = '~';
 
-/// Announces a heartbeat on the channel every [`HEARTBEAT_EVERY`], through
-/// the pool, so every listener on the database hears from the feed at least
-/// that often while it works.
-async fn heartbeat(pool: PgPool, channel: String) {
+/// The heartbeats this store sent: their numbers and when they were sent,
+/// so the listener can tell how current the feed is.
+#[derive(Default)]
+struct Beats {
+    sent: std::collections::VecDeque<(u64, std::time::Instant)>,
+    /// When the newest heartbeat that came back had been sent.
+    current_as_of: Option<std::time::Instant>,
+}
+
+/// Announces a heartbeat (`~<store id>:<n>`) on the channel every
+/// [`HEARTBEAT_EVERY`], through the pool. Notifications are delivered in
+/// commit order, so when heartbeat n comes back, every change committed
+/// before it was sent has been delivered: the feed is current as of its
+/// sending.
+async fn heartbeat(
+    pool: PgPool,
+    channel: String,
+    me: String,
+    beats: std::sync::Arc<std::sync::Mutex<Beats>>,
+) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for n in 0u64.. {
         tick.tick().await;
+        {
+            let mut beats = beats.lock().unwrap_or_else(|e| e.into_inner());
+            beats.sent.push_back((n, std::time::Instant::now()));
+            // Heartbeats that never came back are kept only as long as
+            // they could matter.
+            while beats.sent.len() > 64 {
+                beats.sent.pop_front();
+            }
+        }
         let ping = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(&channel)
-            .bind(HEARTBEAT)
+            .bind(format!("{HEARTBEAT_PREFIX}{me}:{n}"))
             .execute(&pool);
-        // Failures are the listener's to notice (it hears no heartbeat).
-        if let Ok(Err(sqlx::Error::PoolClosed)) = tokio::time::timeout(STALL_AFTER, ping).await {
+        // Failures are the listener's to notice (no heartbeat comes back).
+        if let Ok(Err(sqlx::Error::PoolClosed)) = tokio::time::timeout(STALE_AFTER, ping).await {
             return;
         }
     }
 }
 
-/// Forwards notifications as [`KeyEvent`]s. The feed must prove it works:
-/// when nothing (not even a heartbeat) arrives for [`STALL_AFTER`], or the
-/// connection fails, caches are told [`KeyEvent::Stalled`] and ask the
-/// store for every key until the feed is back, which is announced with
-/// [`KeyEvent::Flush`] (changes in between are unknown). A partition or a
-/// silently stalled connection therefore fails closed within a second; it
-/// never leaves caches serving removed keys.
+/// A random id for this store's heartbeats.
+fn store_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    format!("{:016x}", u64::from_le_bytes(bytes))
+}
+
+/// Forwards notifications as [`KeyEvent`]s. The feed must prove it is
+/// current: unless this store's own heartbeat sent at most [`STALE_AFTER`]
+/// ago has come back through it (a silent, broken, or merely slow
+/// connection), caches are told [`KeyEvent::Stalled`] and ask the store for
+/// every key until the feed is current again, which is announced with
+/// [`KeyEvent::Flush`]. A partition, a stalled connection or a lagging feed
+/// therefore fails closed within a second; it never leaves caches serving
+/// removed keys.
 async fn forward(
     mut listener: PgListener,
     events: broadcast::Sender<KeyEvent>,
     pool: PgPool,
     channel: String,
 ) {
-    let beats = tokio::spawn(heartbeat(pool, channel));
-    let mut stalled = false;
-    let stall = |stalled: &mut bool| {
-        if !*stalled {
-            *stalled = true;
-            let _ = events.send(KeyEvent::Stalled);
-        }
-    };
+    let me = store_id();
+    let beats = std::sync::Arc::new(std::sync::Mutex::new(Beats::default()));
+    let beating = tokio::spawn(heartbeat(pool, channel, me.clone(), beats.clone()));
+    let mine = format!("{HEARTBEAT_PREFIX}{me}:");
+    // Nothing is known to be current until the first heartbeat returns.
+    let mut stalled = true;
+    let _ = events.send(KeyEvent::Stalled);
     loop {
-        match tokio::time::timeout(STALL_AFTER, listener.try_recv()).await {
-            Err(_silence) => stall(&mut stalled),
+        let received = tokio::time::timeout(CHECK_EVERY, listener.try_recv()).await;
+        match received {
+            Err(_tick) => {}
             Ok(Ok(Some(n))) => {
-                if stalled {
-                    stalled = false;
-                    let _ = events.send(KeyEvent::Flush);
-                }
-                if n.payload() != HEARTBEAT {
-                    let _ = events.send(event_of(n.payload()));
+                let payload = n.payload();
+                if let Some(number) = payload.strip_prefix(&mine) {
+                    if let Ok(number) = number.parse::<u64>() {
+                        let mut beats = beats.lock().unwrap_or_else(|e| e.into_inner());
+                        while let Some(&(k, at)) = beats.sent.front() {
+                            if k > number {
+                                break;
+                            }
+                            beats.sent.pop_front();
+                            if k == number {
+                                beats.current_as_of = Some(at);
+                            }
+                        }
+                    }
+                } else if !payload.starts_with(HEARTBEAT_PREFIX) {
+                    let _ = events.send(event_of(payload));
                 }
             }
             // Lost and re-established (eager reconnect): what was announced
-            // meanwhile is unknown. The next notification (a heartbeat
-            // within HEARTBEAT_EVERY) proves the new connection and flushes.
-            Ok(Ok(None)) => stall(&mut stalled),
+            // meanwhile is unknown; the next heartbeat that comes back
+            // proves the new connection.
+            Ok(Ok(None)) => {
+                beats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .current_as_of = None;
+            }
             Ok(Err(sqlx::Error::PoolClosed)) => break,
             Ok(Err(why)) => {
                 tracing::warn!(%why, "lost the PostgreSQL change feed; reconnecting");
-                stall(&mut stalled);
-                tokio::time::sleep(HEARTBEAT_EVERY).await;
+                beats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .current_as_of = None;
+                tokio::time::sleep(CHECK_EVERY).await;
             }
         }
+        let current = beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .current_as_of
+            .is_some_and(|at| at.elapsed() <= STALE_AFTER);
+        if current && stalled {
+            stalled = false;
+            let _ = events.send(KeyEvent::Flush);
+        } else if !current {
+            // Repeated while it lasts, so a cache that lagged behind the
+            // feed and missed the first one is told again within
+            // CHECK_EVERY.
+            stalled = true;
+            let _ = events.send(KeyEvent::Stalled);
+        }
     }
-    beats.abort();
+    beating.abort();
 }
+
+/// A read of a key is trusted only when the database answered it within
+/// this time: an older answer could predate a removal that other replicas
+/// must honour within a second.
+const FRESH_READ: Duration = Duration::from_millis(750);
 
 /// The operations, without their time limit.
 impl PostgresStore {
@@ -328,10 +403,19 @@ impl PostgresStore {
     }
 
     async fn get_now(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
-        let row = sqlx::query(select_key_sql!("$1"))
+        // Waiting for a connection is not the read; the read itself must be
+        // fresh (FRESH_READ).
+        let mut connection = self.pool.acquire().await.map_err(db_error)?;
+        let read = sqlx::query(select_key_sql!("$1"))
             .bind(key_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *connection);
+        let row = tokio::time::timeout(FRESH_READ, read)
             .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "PostgreSQL took longer than {FRESH_READ:?} to read a key"
+                ))
+            })?
             .map_err(db_error)?;
         row.as_ref().map(key_from_row).transpose()
     }

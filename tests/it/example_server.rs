@@ -787,3 +787,58 @@ async fn the_hyper_service_example_builds_without_default_features_and_refuses_t
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
     assert_eq!(bad.error_id(), "TOKEN-malformed");
 }
+
+/// A PostgreSQL password never reaches stderr, wherever the URL carries it.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn store_passwords_are_never_printed() {
+    let Some((schema, _)) = common::backends::postgres_schema().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::backends::postgres_url();
+    let with_userinfo = base.replacen("postgres@", "postgres:s3cr3t-a@", 1);
+    for url in [
+        format!("{base}?options=-c%20search_path%3D{schema}&password=s3cr3t-q"),
+        format!("{with_userinfo}?options=-c%20search_path%3D{schema}"),
+    ] {
+        let mut child = Command::new(example("server"))
+            .current_dir(dir.path())
+            .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
+            .env("JWT_PROFILE_STORE", &url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert!(line.starts_with("listening on"), "{line:?}");
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("key store: postgres://"), "{stderr}");
+        assert!(
+            !stderr.contains("s3cr3t"),
+            "a password is printed: {stderr}"
+        );
+    }
+    // A keyword string is not a store URL; the message hides its password.
+    let out = Command::new(example("server"))
+        .current_dir(dir.path())
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
+        .env(
+            "JWT_PROFILE_STORE",
+            "host=127.0.0.1 password=s3cr3t-k dbname=test",
+        )
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("s3cr3t"),
+        "a password is printed: {stderr}"
+    );
+    common::backends::drop_schema(&schema).await;
+}

@@ -610,6 +610,8 @@ enum LinkFailure {
     Cut,
     /// Connections stay open and nothing is relayed (a silent stall).
     Freeze,
+    /// Everything is relayed, but the change feed lags 3 s behind.
+    LagFeed,
 }
 
 /// Replica A reaches PostgreSQL through a proxy that fails; B reaches it
@@ -659,6 +661,12 @@ async fn a_replica_that_cannot_hear_the_feed_fails_closed(failure: LinkFailure) 
     match failure {
         LinkFailure::Cut => proxy.cut(),
         LinkFailure::Freeze => proxy.freeze(true),
+        LinkFailure::LagFeed => {
+            proxy.lag_listen(Duration::from_secs(3));
+            // The lag takes hold: heartbeats come back 3 s late.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert_eq!(a.status(&token).await, StatusCode::OK, "still live");
+        }
     }
     b.remove(&bot).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -669,11 +677,17 @@ async fn a_replica_that_cannot_hear_the_feed_fails_closed(failure: LinkFailure) 
             StatusCode::OK,
             "{failure:?}: A accepts a removed key"
         );
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{failure:?}");
+        let expected = match failure {
+            // Reads still work: the store says the key is gone.
+            LinkFailure::LagFeed => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        assert_eq!(status, expected, "{failure:?}");
     }
     match failure {
         LinkFailure::Cut => proxy.restore(),
         LinkFailure::Freeze => proxy.freeze(false),
+        LinkFailure::LagFeed => proxy.lag_listen(Duration::ZERO),
     }
     let recovered = within(Duration::from_secs(10), async || {
         a.status(&token).await == StatusCode::UNAUTHORIZED
@@ -704,4 +718,10 @@ async fn a_replica_cut_off_from_the_database_fails_closed_within_a_second() {
 #[cfg(feature = "postgres")]
 async fn a_replica_whose_database_link_stalls_fails_closed_within_a_second() {
     a_replica_that_cannot_hear_the_feed_fails_closed(LinkFailure::Freeze).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_change_feed_lags_fails_closed_within_a_second() {
+    a_replica_that_cannot_hear_the_feed_fails_closed(LinkFailure::LagFeed).await;
 }

@@ -397,29 +397,57 @@ pub struct Proxy {
     pub addr: SocketAddr,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lag: std::sync::Arc<std::sync::Mutex<std::time::Duration>>,
     links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
-/// Copies `from` to `to`, holding every byte while `frozen` is set.
+/// Copies `from` to `to`, holding every byte while `frozen` is set, and
+/// delaying each chunk by `lag` when this is a LISTEN connection and `lag`
+/// is set (the chunk's order is kept: it is written at arrival + lag).
 async fn relay(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    marks_listen: bool,
+    lag: std::sync::Arc<std::sync::Mutex<std::time::Duration>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if marks_listen && buf[..n].windows(7).any(|w| w == b"LISTEN ") {
+            listening.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         while frozen.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+        let delay = if !marks_listen && listening.load(std::sync::atomic::Ordering::SeqCst) {
+            *lag.lock().expect("lag")
+        } else {
+            std::time::Duration::ZERO
+        };
+        if tx
+            .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+            .is_err()
+        {
+            break;
         }
     }
+    drop(tx);
+    let _ = writer.await;
 }
 
 impl Proxy {
@@ -430,9 +458,10 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lag: std::sync::Arc<std::sync::Mutex<std::time::Duration>> = Default::default();
         let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
             Default::default();
-        let (up2, frozen2, links2) = (up.clone(), frozen.clone(), links.clone());
+        let (up2, frozen2, lag2, links2) = (up.clone(), frozen.clone(), lag.clone(), links.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -443,13 +472,16 @@ impl Proxy {
                     continue;
                 }
                 let frozen = frozen2.clone();
+                let lag = lag2.clone();
                 let task = tokio::spawn(async move {
                     if let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await {
                         let (ir, iw) = inbound.into_split();
                         let (or, ow) = outbound.into_split();
+                        let listening =
+                            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                         tokio::select! {
-                            _ = relay(ir, ow, frozen.clone()) => {}
-                            _ = relay(or, iw, frozen) => {}
+                            _ = relay(ir, ow, frozen.clone(), listening.clone(), true, lag.clone()) => {}
+                            _ = relay(or, iw, frozen, listening, false, lag) => {}
                         }
                     }
                 });
@@ -460,6 +492,7 @@ impl Proxy {
             addr,
             up,
             frozen,
+            lag,
             links,
         }
     }
@@ -470,6 +503,12 @@ impl Proxy {
         for link in self.links.lock().expect("lock").drain(..) {
             link.abort();
         }
+    }
+
+    /// Delays what the database sends on LISTEN connections (only those)
+    /// by `lag`: a change feed that works but lags behind.
+    pub fn lag_listen(&self, lag: std::time::Duration) {
+        *self.lag.lock().expect("lag") = lag;
     }
 
     /// Stops relaying without closing anything: a silent stall.
