@@ -38,34 +38,28 @@ macro_rules! select_key_sql {
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 macro_rules! list_page {
     ($pool:expr, $user:expr, $org:expr, $query:expr, [$u:literal, $o:literal, $l:literal, $off:literal]) => {{
+        macro_rules! page_sql {
+            ($order:literal) => {
+                concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    ", COUNT(*) OVER () AS total FROM machine_keys WHERE user_id = ",
+                    $u,
+                    " AND resource_owner = ",
+                    $o,
+                    " ORDER BY sequence ",
+                    $order,
+                    " LIMIT ",
+                    $l,
+                    " OFFSET ",
+                    $off
+                )
+            };
+        }
         let sql = if $query.asc {
-            concat!(
-                "SELECT ",
-                key_columns!(),
-                ", COUNT(*) OVER () AS total FROM machine_keys \
-                 WHERE user_id = ",
-                $u,
-                " AND resource_owner = ",
-                $o,
-                " ORDER BY sequence ASC LIMIT ",
-                $l,
-                " OFFSET ",
-                $off
-            )
+            page_sql!("ASC")
         } else {
-            concat!(
-                "SELECT ",
-                key_columns!(),
-                ", COUNT(*) OVER () AS total FROM machine_keys \
-                 WHERE user_id = ",
-                $u,
-                " AND resource_owner = ",
-                $o,
-                " ORDER BY sequence DESC LIMIT ",
-                $l,
-                " OFFSET ",
-                $off
-            )
+            page_sql!("DESC")
         };
         let rows = sqlx::query(sql)
             .bind($user)
@@ -99,6 +93,31 @@ macro_rules! list_page {
             keys,
         })
     }};
+}
+
+/// The per-user key limit, checked inside the insert's transaction `$tx`
+/// (which must already exclude concurrent inserts for the user); the
+/// placeholders are the backend's.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! check_key_limit {
+    ($tx:expr, $new:expr, [$u:literal, $o:literal]) => {
+        if let Some(max) = $new.max_keys_per_user {
+            let held: i64 = sqlx::query_scalar(concat!(
+                "SELECT COUNT(*) FROM machine_keys WHERE user_id = ",
+                $u,
+                " AND resource_owner = ",
+                $o
+            ))
+            .bind(&$new.user_id)
+            .bind(&$new.resource_owner)
+            .fetch_one(&mut *$tx)
+            .await
+            .map_err(db_error)?;
+            if u64::try_from(held).unwrap_or_default() >= max {
+                return Err(StoreError::KeyLimit(max));
+            }
+        }
+    };
 }
 
 mod cached;

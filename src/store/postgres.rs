@@ -365,19 +365,7 @@ impl PostgresStore {
         }
         // Still under the user's advisory lock: no concurrent insert for
         // this user can pass the limit.
-        if let Some(max) = new.max_keys_per_user {
-            let held: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM machine_keys WHERE user_id = $1 AND resource_owner = $2",
-            )
-            .bind(&new.user_id)
-            .bind(&new.resource_owner)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            if u64::try_from(held).unwrap_or_default() >= max {
-                return Err(StoreError::KeyLimit(max));
-            }
-        }
+        check_key_limit!(tx, new, ["$1", "$2"]);
         let created = to_millis(new.created_at);
         let sequence: i64 = sqlx::query_scalar(
             "INSERT INTO machine_keys (id, user_id, resource_owner, key_type, public_key, expiration_ms, sequence, created_ms, changed_ms) \

@@ -114,19 +114,7 @@ impl KeyStore for SqliteStore {
         {
             return Err(StoreError::UserInOtherOrg(owner));
         }
-        if let Some(max) = new.max_keys_per_user {
-            let held: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM machine_keys WHERE user_id = ? AND resource_owner = ?",
-            )
-            .bind(&new.user_id)
-            .bind(&new.resource_owner)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            if u64::try_from(held).unwrap_or_default() >= max {
-                return Err(StoreError::KeyLimit(max));
-            }
-        }
+        check_key_limit!(tx, new, ["?", "?"]);
         let sequence = next_sequence(&mut tx).await?;
         let created = to_millis(new.created_at);
         sqlx::query(

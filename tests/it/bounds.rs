@@ -2,16 +2,10 @@
 //! a bounded number of times and the cache stays bounded.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use async_trait::async_trait;
 use chrono::Utc;
-use jwt_profile::key::MachineKey;
-use jwt_profile::store::{
-    CacheSettings, CachedStore, KeyPage, KeyStore, ListQuery, MemoryStore, NewKey, Removed,
-    StoreError,
-};
+use jwt_profile::store::{CacheSettings, CachedStore, MemoryStore};
 use jwt_profile::{
     AssertionSigner, KeyService, Principal, Reason, Validation, Verifier, VerifyError,
 };
@@ -19,33 +13,11 @@ use serde_json::json;
 
 const AUD: &str = "https://api.example.com";
 
-/// A memory store that counts reads.
-#[derive(Default)]
-struct Counting {
-    inner: MemoryStore,
-    gets: AtomicUsize,
-}
-
-#[async_trait]
-impl KeyStore for Counting {
-    async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
-        self.inner.insert(key).await
-    }
-    async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
-        self.inner.get(key_id).await
-    }
-    async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
-        self.inner.list(u, o, q).await
-    }
-    async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
-        self.inner.remove(id).await
-    }
-}
+use crate::common::Counting;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kid_flood_reaches_the_store_a_bounded_number_of_times() {
-    let counting = Arc::new(Counting::default());
+    let counting = Counting::unlisted(Arc::new(MemoryStore::new()));
     let settings = CacheSettings {
         max_entries: 10_000,
         max_misses_per_second: 1_000,
@@ -97,7 +69,7 @@ async fn unknown_kid_flood_reaches_the_store_a_bounded_number_of_times() {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let reads = counting.gets.load(Ordering::Relaxed);
+    let reads = counting.reads();
     let allowed = 1_000.0 + 1_000.0 * elapsed + 2.0;
     eprintln!(
         "flood: {unknown} unknown, {unavailable} unavailable, {reads} store reads in {elapsed:.2} s"

@@ -9,17 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::routing::get;
 use common::backends::{self, Backend};
 use common::{Http, serve};
 use http::{Method, StatusCode};
-use jwt_profile::key::MachineKey;
 use jwt_profile::service::CreateKey;
 use jwt_profile::store::{
-    CacheSettings, CachedStore, KeyLookup, KeyPage, KeyStore, ListQuery, MemoryStore, NewKey,
-    Removed, StoreError,
+    CacheSettings, CachedStore, KeyLookup, KeyStore, MemoryStore, StoreError,
 };
 use jwt_profile::{
     AssertionSigner, JwtProfileLayer, KeyService, ManualClock, Principal, Validation, Verifier,
@@ -28,37 +25,7 @@ use serde_json::json;
 
 const AUD: &str = "https://api.example.com";
 
-/// A store that counts reads of keys by id, around any other store.
-struct Counting {
-    inner: Arc<dyn KeyStore>,
-    gets: AtomicUsize,
-}
-
-#[async_trait]
-impl KeyStore for Counting {
-    async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
-        self.inner.insert(key).await
-    }
-    async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(key_id).await
-    }
-    async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
-        self.inner.list(u, o, q).await
-    }
-    async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
-        self.inner.remove(id).await
-    }
-    async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
-        self.inner.allocate_id().await
-    }
-    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<jwt_profile::store::KeyEvent>> {
-        self.inner.events()
-    }
-    async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
-        self.inner.key_ids().await
-    }
-}
+use crate::common::Counting;
 
 /// One process: a cache over `store`, the key service and the layer on a
 /// real HTTP server, all on one settable clock.
@@ -253,10 +220,7 @@ async fn a_kid_with_a_nul_byte_is_malformed_without_a_store_read() {
     let Some(backend) = backends::postgres().await else {
         return;
     };
-    let counting = Arc::new(Counting {
-        inner: backend.store(),
-        gets: AtomicUsize::new(0),
-    });
+    let counting = Counting::new(backend.store());
     let clock = ManualClock::now_system();
     let r = replica(counting.clone(), CacheSettings::default(), &clock).await;
     let bot = r.machine("bot").await;
@@ -273,7 +237,7 @@ async fn a_kid_with_a_nul_byte_is_malformed_without_a_store_read() {
             assert_eq!(res.error_id(), "TOKEN-malformed", "kid {kid:?}");
         }
     }
-    assert_eq!(counting.gets.load(Ordering::SeqCst), 0, "store reads");
+    assert_eq!(counting.reads(), 0, "store reads");
     backend.cleanup().await;
 }
 
@@ -340,7 +304,7 @@ async fn fresh_keys_log_in_during_a_flood(
     // Let the flood use up the budget first.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let before: usize = counting.iter().map(|c| c.gets.load(Ordering::SeqCst)).sum();
+    let before: usize = counting.iter().map(|c| c.reads()).sum();
     let mut logins = 0;
     for i in 0..10 {
         let bot = a.machine(&format!("fresh-{i}")).await;
@@ -364,11 +328,7 @@ async fn fresh_keys_log_in_during_a_flood(
         sent += f.await.expect("flood task");
     }
     let elapsed = started.elapsed().as_secs_f64() + 0.3;
-    let reads: usize = counting
-        .iter()
-        .map(|c| c.gets.load(Ordering::SeqCst))
-        .sum::<usize>()
-        - before;
+    let reads: usize = counting.iter().map(|c| c.reads()).sum::<usize>() - before;
     // Each replica: a burst of `budget`, then `budget` per second; plus
     // one read per fresh key per replica.
     let allowed = counting.len() as f64 * f64::from(budget) * (1.0 + elapsed) + logins as f64;
@@ -390,10 +350,7 @@ async fn a_flood_of_unknown_kids_does_not_cost_fresh_keys_their_first_login() {
     // In process: one memory store, two caches (two "replicas" of one
     // process's store).
     let memory: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
-    let counting = Arc::new(Counting {
-        inner: memory,
-        gets: AtomicUsize::new(0),
-    });
+    let counting = Counting::new(memory);
     let a = replica(counting.clone(), settings, &clock).await;
     fresh_keys_log_in_during_a_flood(&a, &a, &[&counting], budget).await;
 }
@@ -414,10 +371,7 @@ async fn a_flood_of_unknown_kids_on_two_postgres_replicas_spares_fresh_keys() {
             jwt_profile::store::PostgresStore::connect_with(options.clone(), Default::default())
                 .await
                 .expect("connect");
-        Arc::new(Counting {
-            inner: Arc::new(store),
-            gets: AtomicUsize::new(0),
-        })
+        Counting::new(Arc::new(store))
     };
     let clock = ManualClock::now_system();
     let (ca, cb) = (connect().await, connect().await);
@@ -432,27 +386,7 @@ async fn a_flood_of_unknown_kids_on_two_postgres_replicas_spares_fresh_keys() {
 /// is 503, and existing keys are unaffected once cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_directory_the_budget_answers_unavailable() {
-    /// A store that cannot list its ids.
-    struct Unlisted(Counting);
-    #[async_trait]
-    impl KeyStore for Unlisted {
-        async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
-            self.0.insert(key).await
-        }
-        async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
-            self.0.get(key_id).await
-        }
-        async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
-            self.0.list(u, o, q).await
-        }
-        async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
-            self.0.remove(id).await
-        }
-    }
-    let store = Arc::new(Unlisted(Counting {
-        inner: Arc::new(MemoryStore::new()),
-        gets: AtomicUsize::new(0),
-    }));
+    let store = Counting::unlisted(Arc::new(MemoryStore::new()));
     let cached = CachedStore::with_settings(
         store.clone(),
         CacheSettings {
@@ -473,7 +407,7 @@ async fn without_a_directory_the_budget_answers_unavailable() {
         }
     }
     assert!(unavailable >= 40, "only {unavailable} of 50 held back");
-    assert!(store.0.gets.load(Ordering::SeqCst) <= 10);
+    assert!(store.reads() <= 10);
 }
 
 /// The per-user key limit holds under concurrent creates, on every backend.

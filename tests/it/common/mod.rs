@@ -213,6 +213,81 @@ async fn whoami(who: Principal) -> axum::Json<Value> {
     }))
 }
 
+/// A store that counts reads of keys by id, around any other store. With
+/// `list_ids` false it hides the inner store's `key_ids`, as a store that
+/// cannot list its ids does (no directory of key ids in the cache).
+pub struct Counting {
+    pub inner: std::sync::Arc<dyn KeyStore>,
+    pub gets: std::sync::atomic::AtomicUsize,
+    pub list_ids: bool,
+}
+
+impl Counting {
+    pub fn new(inner: std::sync::Arc<dyn KeyStore>) -> std::sync::Arc<Counting> {
+        std::sync::Arc::new(Counting {
+            inner,
+            gets: Default::default(),
+            list_ids: true,
+        })
+    }
+
+    pub fn unlisted(inner: std::sync::Arc<dyn KeyStore>) -> std::sync::Arc<Counting> {
+        std::sync::Arc::new(Counting {
+            inner,
+            gets: Default::default(),
+            list_ids: false,
+        })
+    }
+
+    pub fn reads(&self) -> usize {
+        self.gets.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for Counting {
+    async fn insert(
+        &self,
+        key: jwt_profile::store::NewKey,
+    ) -> Result<jwt_profile::key::MachineKey, jwt_profile::store::StoreError> {
+        self.inner.insert(key).await
+    }
+    async fn get(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<jwt_profile::key::MachineKey>, jwt_profile::store::StoreError> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get(key_id).await
+    }
+    async fn list(
+        &self,
+        u: &str,
+        o: &str,
+        q: jwt_profile::store::ListQuery,
+    ) -> Result<jwt_profile::store::KeyPage, jwt_profile::store::StoreError> {
+        self.inner.list(u, o, q).await
+    }
+    async fn remove(
+        &self,
+        id: &str,
+    ) -> Result<Option<jwt_profile::store::Removed>, jwt_profile::store::StoreError> {
+        self.inner.remove(id).await
+    }
+    async fn allocate_id(&self) -> Result<Option<String>, jwt_profile::store::StoreError> {
+        self.inner.allocate_id().await
+    }
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<jwt_profile::store::KeyEvent>> {
+        self.inner.events()
+    }
+    async fn key_ids(&self) -> Result<Option<Vec<String>>, jwt_profile::store::StoreError> {
+        if self.list_ids {
+            self.inner.key_ids().await
+        } else {
+            Ok(None)
+        }
+    }
+}
+
 /// A machine: `user` creates its own server-generated key (in
 /// organization `default`) through `keys`; a signer for it.
 pub async fn machine(keys: &KeyService, user: &str) -> AssertionSigner {
