@@ -271,9 +271,15 @@ async fn forward(
     let beats = std::sync::Arc::new(std::sync::Mutex::new(Beats::default()));
     let beating = tokio::spawn(heartbeat(pool, channel, me.clone(), beats.clone()));
     let mine = format!("{HEARTBEAT_PREFIX}{me}:");
-    // Nothing is known to be current until the first heartbeat returns.
-    let mut stalled = true;
-    let _ = events.send(KeyEvent::Stalled);
+    // The listener was subscribed just before this: everything committed
+    // from then on reaches it, and nothing before matters to caches that
+    // load after subscribing. So the feed starts current as of now, and
+    // must prove it again within STALE_AFTER.
+    beats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .current_as_of = Some(std::time::Instant::now());
+    let mut stalled = false;
     loop {
         let received = tokio::time::timeout(CHECK_EVERY, listener.try_recv()).await;
         match received {

@@ -274,7 +274,15 @@ fn flood(target: Http, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<usi
                         b64(&claims.to_string())
                     );
                     let res = target.call(Method::GET, "/whoami", &token, &[], "").await;
-                    assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{:?}", res.body);
+                    // Refused: "unknown key", or 503 while the directory
+                    // cannot be trusted (a loaded machine can delay the
+                    // change feed past its 700 ms bound).
+                    assert!(
+                        res.status == StatusCode::UNAUTHORIZED
+                            || res.status == StatusCode::SERVICE_UNAVAILABLE,
+                        "{:?}",
+                        res.body
+                    );
                     sent += 1;
                 }
                 sent
