@@ -578,21 +578,24 @@ async fn two_servers_share_replay_protection_through_redis() {
     common::backends::drop_schema(&schema).await;
 }
 
+/// Runs the server on `store`, asserts exit code 2, returns its stderr.
+#[cfg(feature = "postgres")]
+fn exit_2_with_store(dir: &Path, store: &str) -> String {
+    let out = Command::new(example("server"))
+        .current_dir(dir)
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
+        .env("JWT_PROFILE_STORE", store)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[cfg(feature = "postgres")]
 #[test]
 fn unreachable_postgres_is_a_message_and_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(example("server"))
-        .current_dir(dir.path())
-        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
-        .env(
-            "JWT_PROFILE_STORE",
-            "postgres://postgres:s3cr3t@127.0.0.1:1/test",
-        )
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = exit_2_with_store(dir.path(), "postgres://postgres:s3cr3t@127.0.0.1:1/test");
     assert!(
         !stderr.contains("s3cr3t"),
         "the password is printed: {stderr}"
@@ -825,17 +828,7 @@ async fn store_passwords_are_never_printed() {
         );
     }
     // A keyword string is not a store URL; the message hides its password.
-    let out = Command::new(example("server"))
-        .current_dir(dir.path())
-        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
-        .env(
-            "JWT_PROFILE_STORE",
-            "host=127.0.0.1 password=s3cr3t-k dbname=test",
-        )
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = exit_2_with_store(dir.path(), "host=127.0.0.1 password=s3cr3t-k dbname=test");
     assert!(
         !stderr.contains("s3cr3t"),
         "a password is printed: {stderr}"
