@@ -145,6 +145,8 @@ struct Directory {
     state: Mutex<DirectoryState>,
     /// A load is running.
     loading: AtomicBool,
+    /// Woken when a load ends.
+    loaded: tokio::sync::Notify,
     /// The store announces other processes' changes: a loaded directory
     /// stays current. Without a feed it is reloaded every `refresh`.
     has_feed: bool,
@@ -183,6 +185,7 @@ impl Directory {
             hasher: RandomState::new(),
             state: Mutex::new(DirectoryState::default()),
             loading: AtomicBool::new(false),
+            loaded: tokio::sync::Notify::new(),
             has_feed,
             refresh,
         }
@@ -282,6 +285,7 @@ impl Directory {
         };
         drop(state);
         self.loading.store(false, Ordering::Release);
+        self.loaded.notify_waiters();
         result
     }
 
@@ -369,11 +373,14 @@ impl CachedStore {
     /// with "unavailable" past it.
     pub async fn load_directory(&self) -> Result<bool, StoreError> {
         loop {
+            // Registered before the load is tried, so the end of a load
+            // running meanwhile is not missed.
+            let loaded = self.directory.loaded.notified();
             match self.directory.load(&*self.store).await? {
                 true => return Ok(true),
                 false if self.directory.loading.load(Ordering::Acquire) => {
-                    // Another load is running: wait for it.
-                    tokio::task::yield_now().await;
+                    // Another load is running: wait for it to end.
+                    loaded.await;
                 }
                 false => {
                     let state = self.directory.lock();
@@ -442,14 +449,8 @@ impl KeyLookup for CachedStore {
                 }
                 // Existing keys are always read; the budget only holds back
                 // ids the directory does not know.
-                if listing != Listing::Listed && !misses.take() {
-                    return match listing {
-                        // A current directory says it does not exist.
-                        Listing::Unlisted => Ok(Op::Nop),
-                        _ => Err(StoreError::Unavailable(
-                            "too many lookups of unknown keys; try again".to_string(),
-                        )),
-                    };
+                if !may_read(listing, misses)? {
+                    return Ok(Op::Nop);
                 }
                 let found = store.get(key_id).await?;
                 Ok::<_, StoreError>(Op::Put(found.map(|k| Arc::new(VerifyingKey::new(k)))))
@@ -469,20 +470,30 @@ impl CachedStore {
     /// feed cannot vouch for it; the miss budget still holds back ids the
     /// directory does not list.
     async fn lookup_uncached(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError> {
-        let listing = self.directory.listing(key_id);
-        if listing != Listing::Listed && !self.misses.take() {
-            return match listing {
-                Listing::Unlisted => Ok(None),
-                _ => Err(StoreError::Unavailable(
-                    "too many lookups of unknown keys; try again".to_string(),
-                )),
-            };
+        if !may_read(self.directory.listing(key_id), &self.misses)? {
+            return Ok(None);
         }
         Ok(self
             .store
             .get(key_id)
             .await?
             .map(|k| Arc::new(VerifyingKey::new(k))))
+    }
+}
+
+/// Whether a lookup of an id the cache does not hold may read the store:
+/// ids the directory lists always may; others only within the miss budget.
+/// Past it, `Ok(false)` (answer "unknown" without a read) when a current
+/// directory says the id does not exist, else unavailable (503).
+fn may_read(listing: Listing, misses: &MissBudget) -> Result<bool, StoreError> {
+    if listing == Listing::Listed || misses.take() {
+        return Ok(true);
+    }
+    match listing {
+        Listing::Unlisted => Ok(false),
+        _ => Err(StoreError::Unavailable(
+            "too many lookups of unknown keys; try again".to_string(),
+        )),
     }
 }
 

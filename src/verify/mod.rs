@@ -277,7 +277,7 @@ impl Verifier {
             Some(j) => j,
         };
         let v = &self.inner.validation;
-        let until = to_datetime(checked.exp.min(checked.iat + v.max_age) + v.leeway);
+        let until = to_datetime(checked.last_valid(v));
         match replay.first_use(checked.issuer, jti, until, now).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Reason::Replayed.into()),
@@ -305,8 +305,8 @@ impl Verifier {
             return;
         };
         let v = &self.inner.validation;
-        let last_valid = checked.exp.min(checked.iat + v.max_age) + v.leeway;
-        let lifetime = Duration::from_secs_f64((last_valid - now_secs).clamp(0.0, 86_400.0));
+        let lifetime =
+            Duration::from_secs_f64((checked.last_valid(v) - now_secs).clamp(0.0, 86_400.0));
         if lifetime.is_zero() {
             return;
         }
@@ -439,6 +439,15 @@ struct Checked<'a> {
     iat: f64,
     nbf: Option<f64>,
     jti: Option<&'a str>,
+}
+
+impl Checked<'_> {
+    /// The last moment the assertion can pass the time rules:
+    /// min(`exp`, `iat` + max age) + leeway. A remembered assertion and a
+    /// remembered `jti` live exactly this long.
+    fn last_valid(&self, v: &Validation) -> f64 {
+        self.exp.min(self.iat + v.max_age) + v.leeway
+    }
 }
 
 fn check_claims<'a>(
