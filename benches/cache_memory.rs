@@ -13,11 +13,11 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use jwt_profile::key::{KeyType, MachineKey, generate_rsa_key_pair};
 use jwt_profile::store::{
     CacheSettings, CachedStore, KeyLookup, KeyPage, KeyStore, ListQuery, MemoryStore, NewKey,
     Removed, StoreError,
 };
+use jwt_profile::{KeyType, MachineKey, generate_rsa_key_pair};
 
 const DIRECTORY_KEYS: usize = 1_000_000;
 
@@ -64,6 +64,7 @@ impl KeyStore for IdsOnly {
     async fn list(&self, _: &str, _: &str, _: ListQuery) -> Result<KeyPage, StoreError> {
         Ok(KeyPage {
             total: 0,
+            view_timestamp: chrono::Utc::now(),
             keys: Vec::new(),
         })
     }
@@ -123,7 +124,7 @@ fn main() {
                 resource_owner: "org".to_string(),
                 key_type: KeyType::Json,
                 public_key: public_key.clone(),
-                expiration_date: jwt_profile::key::default_expiration(),
+                expiration_date: jwt_profile::default_expiration(),
                 created_at: chrono::Utc::now(),
                 max_keys_per_user: None,
             };

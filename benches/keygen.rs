@@ -11,7 +11,7 @@ fn main() {
         .unwrap_or(30);
     for _ in 0..n {
         let started = Instant::now();
-        let pair = jwt_profile::key::generate_rsa_key_pair().expect("key generation");
+        let pair = jwt_profile::generate_rsa_key_pair().expect("key generation");
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         std::hint::black_box(pair);
         println!("{ms:.2}");

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use jwt_profile::key::{KeyType, generate_rsa_key_pair};
 use jwt_profile::store::{CacheSettings, CachedStore, KeyLookup, KeyStore, MemoryStore, NewKey};
+use jwt_profile::{KeyType, generate_rsa_key_pair};
 
 fn new_key(id: &str) -> NewKey {
     NewKey {
@@ -21,7 +21,7 @@ fn new_key(id: &str) -> NewKey {
         resource_owner: "org".to_string(),
         key_type: KeyType::Json,
         public_key: generate_rsa_key_pair().expect("key").public_key,
-        expiration_date: jwt_profile::key::default_expiration(),
+        expiration_date: jwt_profile::default_expiration(),
         created_at: chrono::Utc::now(),
         max_keys_per_user: None,
     }

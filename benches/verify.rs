@@ -22,7 +22,7 @@ use aws_lc_rs::signature::{
     self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey, RsaKeyPair,
 };
 use criterion::{BatchSize, Criterion};
-use jwt_profile::service::CreateKey;
+use jwt_profile::CreateKey;
 use jwt_profile::store::{CachedStore, MemoryStore};
 use jwt_profile::{AssertionSigner, KeyService, Principal, Validation, Verifier};
 
@@ -180,7 +180,7 @@ fn bench_verify(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     group.bench_function("rsa2048_aws_lc", |b| {
         b.iter_batched(
             || (),
-            |()| jwt_profile::key::generate_rsa_key_pair().expect("key"),
+            |()| jwt_profile::generate_rsa_key_pair().expect("key"),
             BatchSize::PerIteration,
         )
     });

@@ -9,7 +9,7 @@
 //!
 //! Run it with `cargo run --features grpc --example grpc_service`.
 
-use jwt_profile::service::CreateKey;
+use jwt_profile::CreateKey;
 use jwt_profile::store::{CachedStore, MemoryStore};
 use jwt_profile::{AssertionSigner, JwtProfileLayer, KeyService, Principal, Validation, Verifier};
 use tonic::{Request, Response, Status};

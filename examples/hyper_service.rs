@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use jwt_profile::service::CreateKey;
+use jwt_profile::CreateKey;
 use jwt_profile::store::{CachedStore, MemoryStore};
 use jwt_profile::{JwtProfileLayer, KeyService, Principal, Validation, Verifier};
 use tower::ServiceBuilder;

@@ -31,9 +31,10 @@ use chrono::{SecondsFormat, Utc};
 use jwt_profile::http::KeyApi;
 use jwt_profile::policy::DefaultPolicy;
 use jwt_profile::replay::MemoryReplayStore;
-use jwt_profile::service::{CreateKey, IdKind, ListKeys, validate_id};
-use jwt_profile::store::{CachedStore, KeyStore, MemoryStore};
-use jwt_profile::{JwtProfileLayer, KeyFile, KeyService, Principal, Validation, Verifier};
+use jwt_profile::store::{CachedStore, KeyStore, ListQuery, MemoryStore};
+use jwt_profile::{
+    CreateKey, ErrorKind, JwtProfileLayer, KeyFile, KeyService, Principal, Validation, Verifier,
+};
 use serde_json::{Value, json};
 
 #[cfg(feature = "sqlite")]
@@ -191,7 +192,7 @@ async fn bootstrap_admin(
     admin: &Principal,
     key_file: &Path,
 ) -> Result<(), String> {
-    let list = ListKeys {
+    let list = ListQuery {
         offset: 0,
         limit: 1000,
         asc: false,
@@ -234,14 +235,17 @@ async fn main() -> ExitCode {
     let org = setting("JWT_PROFILE_ORG", "default");
     let key_file = setting("JWT_PROFILE_ADMIN_KEY_FILE", "admin-key.json");
     // Settings that need nothing else are checked before anything is opened.
-    for (name, value, kind) in [
-        ("JWT_PROFILE_ADMIN_USER", &admin_user, IdKind::User),
-        ("JWT_PROFILE_ORG", &org, IdKind::Org),
-    ] {
-        if let Err(e) = validate_id(kind, value) {
-            return fail(format!("{name}={value:?}: {}", e.message()));
+    let policy = match DefaultPolicy::new().try_with_admin(org.clone(), admin_user.clone()) {
+        Ok(policy) => policy,
+        Err(e) => {
+            let name = if e.kind() == ErrorKind::OrgIdInvalid {
+                ("JWT_PROFILE_ORG", &org)
+            } else {
+                ("JWT_PROFILE_ADMIN_USER", &admin_user)
+            };
+            return fail(format!("{}={:?}: {}", name.0, name.1, e.message()));
         }
-    }
+    };
     let replay = match replay_mode(&setting("JWT_PROFILE_REPLAY", "off")) {
         Ok(mode) => mode,
         Err(e) => return fail(e),
@@ -330,8 +334,7 @@ async fn main() -> ExitCode {
         }
     };
 
-    let keys = KeyService::new(store)
-        .with_policy(DefaultPolicy::new().with_admin(org.clone(), admin_user.clone()));
+    let keys = KeyService::new(store).with_policy(policy);
     let keys = match max_keys {
         Some(max) => {
             eprintln!("at most {max} keys per user");

@@ -51,7 +51,8 @@ use crate::adapter;
 use crate::error::{ERROR_DETAIL_TYPE, Error, ErrorKind};
 use crate::key::{Details, MachineKey};
 use crate::principal::{MissingPrincipal, Principal};
-use crate::service::{CreateKey, KeyService, ListKeys};
+use crate::service::{CreateKey, KeyService};
+use crate::store::ListQuery;
 
 /// The messages and the tonic server and client generated from
 /// `proto/jwtprofile/v1/machine_keys.proto` (package `jwtprofile.v1`).
@@ -328,7 +329,7 @@ impl KeyGrpc {
         let (caller, org) = self.context(request)?;
         let body = request.get_ref();
         let query = body.query.unwrap_or_default();
-        let list = ListKeys {
+        let list = ListQuery {
             offset: query.offset,
             limit: query.limit,
             asc: query.asc,

@@ -51,7 +51,8 @@ use crate::adapter;
 use crate::error::{Error, ErrorKind};
 use crate::key::{Details, KeyType, MachineKey};
 use crate::principal::{MissingPrincipal, Principal};
-use crate::service::{CreateKey, KeyService, ListKeys};
+use crate::service::{CreateKey, KeyService};
+use crate::store::ListQuery;
 
 /// The OpenAPI 3 document of these routes (`openapi/openapi.json`), for
 /// serving next to them; the example server serves it at `/openapi.json`.
@@ -407,7 +408,7 @@ async fn list(
     Body64(body): Body64<ListBody>,
 ) -> Result<Json<ListKeysResponse>, Error> {
     let query = body.query.unwrap_or_default();
-    let request = ListKeys {
+    let request = ListQuery {
         offset: parse_uint(query.offset.as_ref(), "offset", u64::MAX)?,
         limit: parse_uint(query.limit.as_ref(), "limit", u64::from(u32::MAX))? as u32,
         asc: query.asc.unwrap_or(false),

@@ -236,7 +236,7 @@ impl PublicKey {
     /// PKCS#1 (`RSA PUBLIC KEY`).
     ///
     /// ```
-    /// # use jwt_profile::key::{generate_rsa_key_pair, PublicKey, KeyKind};
+    /// # use jwt_profile::{generate_rsa_key_pair, PublicKey, KeyKind};
     /// let pair = generate_rsa_key_pair().unwrap();
     /// let pem = pair.public_key.to_pem();
     /// let key = PublicKey::from_pem(pem.as_bytes()).unwrap();

@@ -1,11 +1,11 @@
 //! The machine's side: the ZITADEL-format key file, and signing assertions.
 //!
 //! ```
-//! use jwt_profile::key_file::{AssertionSigner, KeyFile};
-//! use jwt_profile::key::generate_rsa_key_pair;
+//! use jwt_profile::{AssertionSigner, KeyFile};
+//! use jwt_profile::generate_rsa_key_pair;
 //!
 //! let pair = generate_rsa_key_pair().unwrap();
-//! let file = KeyFile::new("123", "ci-bot", pair.private_key_pem, jwt_profile::key::default_expiration());
+//! let file = KeyFile::new("123", "ci-bot", pair.private_key_pem, jwt_profile::default_expiration());
 //! let json = file.to_json();
 //! // ... the machine stores `json`, later:
 //! let signer = AssertionSigner::from_key_file(&KeyFile::from_json(&json).unwrap()).unwrap();

@@ -9,7 +9,7 @@
 //!
 //! 1. **Key operations** — [`KeyService`] (create, get, list, remove machine
 //!    keys, with expiration dates, organizations and a permission
-//!    [`Policy`](policy::Policy)), and its REST routes in [`http`] shaped like
+//!    [`Policy`](policy::Policy)), and its REST routes in `http` shaped like
 //!    ZITADEL's management API.
 //! 2. **A tower layer** — [`JwtProfileLayer`] validates assertions with a
 //!    [`Verifier`] and hands your handlers a [`Principal`].
@@ -57,32 +57,37 @@
 
 #[cfg(feature = "axum")]
 mod adapter;
-pub mod clock;
-pub mod error;
+mod clock;
+mod error;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "axum")]
 pub mod http;
-pub mod key;
-pub mod key_file;
-pub mod layer;
+mod key;
+mod key_file;
+mod layer;
 pub mod policy;
-pub mod principal;
+mod principal;
 pub mod replay;
-pub mod service;
+mod service;
 pub mod store;
-pub mod verify;
+mod verify;
 
 #[cfg(feature = "test-util")]
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
-pub use error::{Code, Error, ErrorKind};
-pub use key_file::{AssertionSigner, KeyFile};
+pub use error::{Code, ERROR_DETAIL_TYPE, Error, ErrorBody, ErrorDetail, ErrorKind};
+pub use key::{
+    Algorithm, Details, GeneratedKeyPair, KeyKind, KeyType, MAX_ID_BYTES, MAX_PUBLIC_KEY_BYTES,
+    MAX_RSA_BITS, MIN_RSA_BITS, MachineKey, PublicKey, VerifyingKey, default_expiration,
+    generate_rsa_key_pair,
+};
+pub use key_file::{AssertionSigner, DEFAULT_ASSERTION_LIFETIME_SECS, KEY_FILE_TYPE, KeyFile};
 pub use layer::{
     JwtProfile, JwtProfileLayer, Rejection, RejectionKind, ResponseBody, ResponseFuture,
 };
-pub use principal::Principal;
-pub use service::KeyService;
+pub use principal::{MissingPrincipal, Principal};
+pub use service::{CreateKey, CreatedKey, DEFAULT_LIST_LIMIT, KeyService, MAX_LIST_LIMIT};
 pub use verify::{Reason, Validation, Verifier, VerifyError};
 
 /// The README's Rust examples, compiled as doctests.

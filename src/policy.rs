@@ -2,7 +2,9 @@
 
 use std::collections::HashSet;
 
+use crate::error::Error;
 use crate::principal::Principal;
+use crate::service::{IdKind, validate_id};
 
 /// The key operation being attempted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,6 +83,30 @@ impl DefaultPolicy {
     pub fn with_admin(mut self, org_id: impl Into<String>, user_id: impl Into<String>) -> Self {
         self.admins.insert((org_id.into(), user_id.into()));
         self
+    }
+
+    /// Adds an administrator after checking both ids against the id rules
+    /// (1–200 bytes of UTF-8, no control characters, no `/`), so a
+    /// misconfigured administrator is reported at start-up instead of never
+    /// matching a caller.
+    ///
+    /// ```
+    /// use jwt_profile::policy::DefaultPolicy;
+    /// assert!(DefaultPolicy::new().try_with_admin("default", "admin").is_ok());
+    /// let err = DefaultPolicy::new().try_with_admin("default", "a/b").unwrap_err();
+    /// assert_eq!(err.id(), "PARAM-user-id-invalid");
+    /// let err = DefaultPolicy::new().try_with_admin("", "admin").unwrap_err();
+    /// assert_eq!(err.id(), "PARAM-org-id-invalid");
+    /// ```
+    pub fn try_with_admin(
+        self,
+        org_id: impl Into<String>,
+        user_id: impl Into<String>,
+    ) -> Result<Self, Error> {
+        let (org_id, user_id) = (org_id.into(), user_id.into());
+        validate_id(IdKind::Org, &org_id)?;
+        validate_id(IdKind::User, &user_id)?;
+        Ok(self.with_admin(org_id, user_id))
     }
 
     /// Whether (`org_id`, `user_id`) is a configured administrator.

@@ -14,9 +14,8 @@ use crate::key::{self, Details, KeyType, MachineKey, PublicKey};
 use crate::key_file::KeyFile;
 use crate::policy::{Action, DefaultPolicy, KeyAccess, Policy};
 use crate::principal::Principal;
-use crate::store::{CachedStore, KeyStore, ListQuery, NewKey, StoreError};
+use crate::store::{CachedStore, KeyPage, KeyStore, ListQuery, NewKey, StoreError};
 
-pub use crate::key::MAX_ID_BYTES;
 /// Page size when a list request names none (or 0).
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Largest page size a list request may ask for.
@@ -24,7 +23,7 @@ pub const MAX_LIST_LIMIT: u32 = 1000;
 
 /// What kind of identifier is being checked; names the error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdKind {
+pub(crate) enum IdKind {
     /// A machine user id.
     User,
     /// A key id.
@@ -53,14 +52,7 @@ impl IdKind {
 
 /// Checks an identifier: 1–200 bytes of UTF-8, no control
 /// characters, no `/`.
-///
-/// ```
-/// use jwt_profile::service::{validate_id, IdKind};
-/// assert!(validate_id(IdKind::User, "ci-bot").is_ok());
-/// assert!(validate_id(IdKind::User, "").is_err());
-/// assert!(validate_id(IdKind::User, "a/b").is_err());
-/// ```
-pub fn validate_id(kind: IdKind, value: &str) -> Result<(), Error> {
+pub(crate) fn validate_id(kind: IdKind, value: &str) -> Result<(), Error> {
     match key::id_problem(value) {
         Some(p) => Err(kind.error_kind().error(format!("{} {p}", kind.name()))),
         None => Ok(()),
@@ -89,28 +81,6 @@ pub struct CreatedKey {
     pub key_file: Option<KeyFile>,
 }
 
-/// A list request as received; [`KeyService::list`] applies the limits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListKeys {
-    /// How many keys to skip.
-    pub offset: u64,
-    /// Page size; 0 means 100; above 1000 is refused.
-    pub limit: u32,
-    /// Oldest first when true; newest first otherwise.
-    pub asc: bool,
-}
-
-/// One page of a user's keys.
-#[derive(Clone, Debug)]
-pub struct KeyList {
-    /// How many keys the user has in the organization.
-    pub total: u64,
-    /// When the list was read.
-    pub view_timestamp: DateTime<Utc>,
-    /// The keys of this page.
-    pub keys: Vec<MachineKey>,
-}
-
 type IdGenerator = dyn Fn() -> String + Send + Sync;
 
 /// The key operations (create, get, list, remove) over a [`KeyStore`].
@@ -119,7 +89,7 @@ type IdGenerator = dyn Fn() -> String + Send + Sync;
 /// # tokio_test_block(async {
 /// use jwt_profile::{KeyService, Principal};
 /// use jwt_profile::policy::DefaultPolicy;
-/// use jwt_profile::service::CreateKey;
+/// use jwt_profile::CreateKey;
 /// use jwt_profile::store::{CachedStore, MemoryStore};
 ///
 /// let store = CachedStore::new(MemoryStore::new());
@@ -384,8 +354,8 @@ impl KeyService {
         caller: &Principal,
         target_org: Option<&str>,
         user_id: &str,
-        request: ListKeys,
-    ) -> Result<KeyList, Error> {
+        request: ListQuery,
+    ) -> Result<KeyPage, Error> {
         let org_id = self.authorize(caller, target_org, user_id, Action::List)?;
         let limit = match request.limit {
             0 => DEFAULT_LIST_LIMIT,
@@ -406,10 +376,9 @@ impl KeyService {
             .list(user_id, org_id, query)
             .await
             .map_err(store_error)?;
-        Ok(KeyList {
-            total: page.total,
+        Ok(KeyPage {
             view_timestamp,
-            keys: page.keys,
+            ..page
         })
     }
 

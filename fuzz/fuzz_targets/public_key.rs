@@ -2,7 +2,7 @@
 //! in each accepted PEM label.
 #![no_main]
 
-use jwt_profile::key::PublicKey;
+use jwt_profile::PublicKey;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

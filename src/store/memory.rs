@@ -109,7 +109,11 @@ impl KeyStore for MemoryStore {
                 .map(|k| (*k).clone())
                 .collect()
         };
-        Ok(KeyPage { total, keys })
+        Ok(KeyPage {
+            total,
+            view_timestamp: chrono::Utc::now(),
+            keys,
+        })
     }
 
     async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {

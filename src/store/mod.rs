@@ -90,6 +90,7 @@ macro_rules! list_page {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(KeyPage {
             total: u64::try_from(total).unwrap_or_default(),
+            view_timestamp: chrono::Utc::now(),
             keys,
         })
     }};
@@ -203,7 +204,11 @@ impl NewKey {
 }
 
 /// Which page of a user's keys to list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// [`KeyService::list`](crate::KeyService::list) takes it as received (a
+/// `limit` of 0 means 100; above 1000 is refused) and hands the store a
+/// `limit` between 1 and 1000.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListQuery {
     /// How many keys to skip.
     pub offset: u64,
@@ -218,6 +223,10 @@ pub struct ListQuery {
 pub struct KeyPage {
     /// How many keys the user has in the organization in all.
     pub total: u64,
+    /// When the page was read. A store sets its own clock's time;
+    /// [`KeyService::list`](crate::KeyService::list) sets the service's
+    /// [`Clock`](crate::Clock).
+    pub view_timestamp: DateTime<Utc>,
     /// The keys of this page.
     pub keys: Vec<MachineKey>,
 }

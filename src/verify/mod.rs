@@ -5,8 +5,8 @@
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! use jwt_profile::{KeyService, Principal, Validation, Verifier};
-//! use jwt_profile::key_file::AssertionSigner;
-//! use jwt_profile::service::CreateKey;
+//! use jwt_profile::AssertionSigner;
+//! use jwt_profile::CreateKey;
 //! use jwt_profile::store::{CachedStore, MemoryStore};
 //!
 //! let store = CachedStore::new(MemoryStore::new());

@@ -17,7 +17,7 @@ pub(crate) const MAX_NUMERIC_DATE: f64 = crate::key::MAX_UNIX_SECS as f64;
 /// ```
 /// use std::time::Duration;
 /// use jwt_profile::Validation;
-/// use jwt_profile::key::Algorithm;
+/// use jwt_profile::Algorithm;
 /// let v = Validation::new(["https://api.example.com"])
 ///     .leeway(Duration::from_secs(30))
 ///     .max_age(Duration::from_secs(600))

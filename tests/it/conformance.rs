@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use common::backends::{self, Backend};
-use jwt_profile::key::{KeyType, PublicKey, generate_rsa_key_pair};
 use jwt_profile::store::{ListQuery, NewKey, StoreError};
+use jwt_profile::{KeyType, PublicKey, generate_rsa_key_pair};
 
 fn public_key() -> PublicKey {
     static KEY: OnceLock<PublicKey> = OnceLock::new();
@@ -38,7 +38,7 @@ fn q(offset: u64, limit: u32, asc: bool) -> ListQuery {
     ListQuery { offset, limit, asc }
 }
 
-fn ids(keys: &[jwt_profile::key::MachineKey]) -> Vec<String> {
+fn ids(keys: &[jwt_profile::MachineKey]) -> Vec<String> {
     keys.iter().map(|k| k.id.clone()).collect()
 }
 

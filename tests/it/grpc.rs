@@ -10,13 +10,13 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::{ADMIN, App, AppOptions, ORG, Outage, app, app_with};
 use http::{Method, StatusCode};
+use jwt_profile::generate_rsa_key_pair;
 use jwt_profile::grpc::pb::machine_key_service_client::MachineKeyServiceClient;
 use jwt_profile::grpc::pb::{
     AddKeyRequest, AddKeyResponse, GetKeyRequest, GetKeyResponse, KeyType, ListKeysRequest,
     ListQuery, RemoveKeyRequest,
 };
 use jwt_profile::grpc::{KeyGrpc, error_detail};
-use jwt_profile::key::generate_rsa_key_pair;
 use jwt_profile::store::MemoryStore;
 use jwt_profile::{AssertionSigner, JwtProfileLayer, KeyFile, KeyService, Validation, Verifier};
 use prost::Message;

@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::*;
 use http::{Method, StatusCode};
-use jwt_profile::key_file::KeyFile;
+use jwt_profile::KeyFile;
 use jwt_profile::{AssertionSigner, KeyService};
 use serde_json::{Value, json};
 

@@ -2,8 +2,8 @@
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::KeyPair;
-use jwt_profile::key::{KeyKind, PublicKey, generate_rsa_key_pair};
-use jwt_profile::key_file::{AssertionSigner, KeyFile};
+use jwt_profile::{AssertionSigner, KeyFile};
+use jwt_profile::{KeyKind, PublicKey, generate_rsa_key_pair};
 use rsa::pkcs1::der::Encode;
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -158,7 +158,7 @@ fn generated_key_file_round_trips_and_signs() {
         "7",
         "bot",
         pair.private_key_pem,
-        jwt_profile::key::default_expiration(),
+        jwt_profile::default_expiration(),
     );
     let json: serde_json::Value = serde_json::from_slice(&file.to_json()).expect("json");
     assert_eq!(
@@ -182,19 +182,14 @@ fn generated_key_file_round_trips_and_signs() {
     let err = KeyFile::from_json(b"{\"type\":\"serviceaccount\"}").expect_err("incomplete");
     assert_eq!(err.id(), "KEYFILE-malformed");
     assert!(err.message().contains("keyId"), "{err}");
-    let bad = KeyFile::new(
-        "7",
-        "bot",
-        "not a key",
-        jwt_profile::key::default_expiration(),
-    );
+    let bad = KeyFile::new("7", "bot", "not a key", jwt_profile::default_expiration());
     assert_eq!(
         AssertionSigner::from_key_file(&bad).expect_err("bad").id(),
         "KEYFILE-bad-private-key"
     );
     assert!(
         signer
-            .with_algorithm(jwt_profile::key::Algorithm::ES256)
+            .with_algorithm(jwt_profile::Algorithm::ES256)
             .is_err()
     );
 }

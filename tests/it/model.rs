@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::backends::{self, Backend};
-use jwt_profile::key::generate_rsa_key_pair;
-use jwt_profile::service::CreateKey;
+use jwt_profile::CreateKey;
+use jwt_profile::generate_rsa_key_pair;
 use jwt_profile::store::{CacheSettings, CachedStore};
 use jwt_profile::{
     AssertionSigner, Clock, KeyService, ManualClock, Principal, Validation, Verifier,

@@ -171,7 +171,7 @@ async fn real_answers_match_the_document() {
         .await;
     conforms(&doc, keys, "post", &created);
     let id = created.json()["keyId"].as_str().expect("id").to_string();
-    let own_pem = jwt_profile::key::generate_rsa_key_pair()
+    let own_pem = jwt_profile::generate_rsa_key_pair()
         .expect("key")
         .public_key
         .to_pem();

@@ -170,7 +170,7 @@ async fn a_database_that_never_answers() {
     let signer = AssertionSigner::from_pem(
         "bot",
         "123",
-        jwt_profile::key::generate_rsa_key_pair()
+        jwt_profile::generate_rsa_key_pair()
             .expect("k")
             .private_key_pem
             .as_bytes(),

@@ -168,7 +168,7 @@ async fn a_refused_assertion_does_not_use_up_its_jti() {
     let http = server(&store, MemoryReplayStore::new()).await;
     let jti = random_jti();
     // Signed by another key under bot's kid: refused for its signature.
-    let pair = jwt_profile::key::generate_rsa_key_pair().expect("key");
+    let pair = jwt_profile::generate_rsa_key_pair().expect("key");
     let forger = AssertionSigner::from_pem("bot", bot.key_id(), pair.private_key_pem.as_bytes())
         .expect("forger");
     let forged = http

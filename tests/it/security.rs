@@ -14,7 +14,7 @@ use axum::routing::get;
 use common::backends::{self, Backend};
 use common::{Http, serve};
 use http::{Method, StatusCode};
-use jwt_profile::service::CreateKey;
+use jwt_profile::CreateKey;
 use jwt_profile::store::{
     CacheSettings, CachedStore, KeyLookup, KeyStore, MemoryStore, StoreError,
 };
@@ -242,7 +242,7 @@ async fn a_kid_with_a_nul_byte_is_malformed_without_a_store_read() {
 }
 
 fn public_key_pem() -> String {
-    jwt_profile::key::generate_rsa_key_pair()
+    jwt_profile::generate_rsa_key_pair()
         .expect("generate")
         .public_key
         .to_pem()

@@ -7,9 +7,9 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jwt_profile::key::Algorithm;
+use jwt_profile::Algorithm;
+use jwt_profile::CreateKey;
 use jwt_profile::policy::DefaultPolicy;
-use jwt_profile::service::CreateKey;
 use jwt_profile::store::{CachedStore, MemoryStore};
 use jwt_profile::{
     AssertionSigner, KeyService, ManualClock, Principal, Reason, Validation, Verifier, VerifyError,

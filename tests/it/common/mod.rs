@@ -14,9 +14,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use jwt_profile::CreateKey;
 use jwt_profile::http::KeyApi;
 use jwt_profile::policy::DefaultPolicy;
-use jwt_profile::service::CreateKey;
 use jwt_profile::store::{CachedStore, KeyStore, MemoryStore};
 use jwt_profile::{
     AssertionSigner, JwtProfileLayer, KeyService, ManualClock, Principal, Validation, Verifier,
@@ -249,13 +249,13 @@ impl KeyStore for Counting {
     async fn insert(
         &self,
         key: jwt_profile::store::NewKey,
-    ) -> Result<jwt_profile::key::MachineKey, jwt_profile::store::StoreError> {
+    ) -> Result<jwt_profile::MachineKey, jwt_profile::store::StoreError> {
         self.inner.insert(key).await
     }
     async fn get(
         &self,
         key_id: &str,
-    ) -> Result<Option<jwt_profile::key::MachineKey>, jwt_profile::store::StoreError> {
+    ) -> Result<Option<jwt_profile::MachineKey>, jwt_profile::store::StoreError> {
         self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.get(key_id).await
     }
@@ -436,14 +436,14 @@ impl KeyStore for Outage {
     async fn insert(
         &self,
         key: jwt_profile::store::NewKey,
-    ) -> Result<jwt_profile::key::MachineKey, jwt_profile::store::StoreError> {
+    ) -> Result<jwt_profile::MachineKey, jwt_profile::store::StoreError> {
         self.check()?;
         self.inner.insert(key).await
     }
     async fn get(
         &self,
         key_id: &str,
-    ) -> Result<Option<jwt_profile::key::MachineKey>, jwt_profile::store::StoreError> {
+    ) -> Result<Option<jwt_profile::MachineKey>, jwt_profile::store::StoreError> {
         self.check()?;
         self.inner.get(key_id).await
     }
