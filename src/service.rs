@@ -365,11 +365,7 @@ impl KeyService {
             }
             l => l,
         };
-        let query = ListQuery {
-            offset: request.offset,
-            limit,
-            asc: request.asc,
-        };
+        let query = ListQuery { limit, ..request };
         let view_timestamp = self.now();
         let page = self
             .store

@@ -223,9 +223,9 @@ pub struct ListQuery {
 pub struct KeyPage {
     /// How many keys the user has in the organization in all.
     pub total: u64,
-    /// When the page was read. A store sets its own clock's time;
-    /// [`KeyService::list`](crate::KeyService::list) sets the service's
-    /// [`Clock`](crate::Clock).
+    /// When the page was read: the system time as the store answered;
+    /// [`KeyService::list`](crate::KeyService::list) replaces it with the
+    /// time of its [`Clock`](crate::Clock) when the request began.
     pub view_timestamp: DateTime<Utc>,
     /// The keys of this page.
     pub keys: Vec<MachineKey>,
