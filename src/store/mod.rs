@@ -123,6 +123,7 @@ macro_rules! check_key_limit {
 
 mod cached;
 mod memory;
+mod signing;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -130,6 +131,7 @@ mod sqlite;
 
 pub use cached::{CacheSettings, CachedStore, KeyLookup};
 pub use memory::MemoryStore;
+pub use signing::{SigningKeyStore, StoredSigningKey};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSettings, PostgresStore};
 #[cfg(feature = "sqlite")]
