@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --example machine_login -- KEY_FILE [URL]
 //! cargo run --example machine_login -- --print-token [--count N] KEY_FILE [URL]
+//! cargo run --example machine_login -- --token-endpoint [--issuer ISSUER] [--scope SCOPE] KEY_FILE [URL]
 //! ```
 //!
 //! `URL` defaults to `http://127.0.0.1:8080/whoami`; the assertion's audience
@@ -11,17 +12,86 @@
 //! prints the assertion (for `curl -H "Authorization: Bearer …"`) instead of
 //! calling the URL; with `--count N` it prints N distinct assertions, one
 //! per line (each with its own `jti`), for load tests.
+//!
+//! `--token-endpoint` logs in the way ZITADEL's client libraries do: it
+//! reads the issuer's discovery document (`ISSUER/.well-known/openid-configuration`;
+//! the issuer defaults to the URL's origin), signs an assertion for the
+//! issuer, exchanges it at the token endpoint (RFC 7523, `scope` default
+//! `openid`) and calls the URL with the access token it got. With
+//! `--print-token` it prints the access token instead.
 
 use std::process::ExitCode;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jwt_profile::{AssertionSigner, KeyFile};
 
-const USAGE: &str =
-    "usage: machine_login [--print-token [--count N]] [--audience AUD] KEY_FILE [URL]";
+const USAGE: &str = "usage: machine_login [--print-token [--count N]] [--audience AUD] [--token-endpoint [--issuer ISSUER] [--scope SCOPE]] KEY_FILE [URL]";
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// Sends `request` and returns the status and body.
+async fn send(
+    client: &HttpClient,
+    request: http::Request<Full<Bytes>>,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let uri = request.uri().clone();
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("request to {uri} failed: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer of {uri} failed: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// Discovery, then the jwt-bearer grant: the access token for `signer`.
+async fn access_token(
+    client: &HttpClient,
+    signer: &AssertionSigner,
+    issuer: &str,
+    scope: &str,
+) -> Result<String, String> {
+    let discovery = format!("{issuer}/.well-known/openid-configuration");
+    let request = http::Request::get(&discovery)
+        .body(Full::default())
+        .map_err(|e| e.to_string())?;
+    let (status, body) = send(client, request).await?;
+    let doc: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| format!("{discovery} answered {status}, not JSON: {e}"))?;
+    if doc["issuer"] != issuer {
+        return Err(format!("{discovery} names issuer {}, not {issuer:?}", doc["issuer"]));
+    }
+    let endpoint = doc["token_endpoint"]
+        .as_str()
+        .ok_or_else(|| format!("{discovery} names no token_endpoint"))?;
+    let assertion = signer.sign(issuer).map_err(|e| e.to_string())?;
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
+        .append_pair("assertion", &assertion)
+        .append_pair("scope", scope)
+        .finish();
+    let request = http::Request::post(endpoint)
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form)))
+        .map_err(|e| e.to_string())?;
+    let (status, body) = send(client, request).await?;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    match answer["access_token"].as_str() {
+        Some(token) if status.is_success() => Ok(token.to_string()),
+        _ => Err(format!(
+            "the token endpoint answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )),
+    }
+}
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("machine_login: {message}");
@@ -33,6 +103,9 @@ async fn main() -> ExitCode {
     let mut print_token = false;
     let mut audience = None;
     let mut count: u64 = 1;
+    let mut token_endpoint = false;
+    let mut issuer = None;
+    let mut scope = "openid".to_string();
     let mut positional = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -44,6 +117,15 @@ async fn main() -> ExitCode {
             },
             "--audience" => match args.next() {
                 Some(a) => audience = Some(a),
+                None => return fail(USAGE),
+            },
+            "--token-endpoint" => token_endpoint = true,
+            "--issuer" => match args.next() {
+                Some(i) => issuer = Some(i),
+                None => return fail(USAGE),
+            },
+            "--scope" => match args.next() {
+                Some(s) => scope = s,
                 None => return fail(USAGE),
             },
             "-h" | "--help" => {
@@ -73,10 +155,23 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let token = match signer.sign(&audience) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let token = if token_endpoint {
+        let issuer = issuer.unwrap_or_else(|| format!("{scheme}://{authority}"));
+        match access_token(&client, &signer, &issuer, &scope).await {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        }
+    } else {
+        match signer.sign(&audience) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        }
     };
+    if print_token && token_endpoint {
+        println!("{token}");
+        return ExitCode::SUCCESS;
+    }
     if print_token {
         if count == 1 {
             println!("{token}");
@@ -100,22 +195,16 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let request = match http::Request::get(uri)
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::new())
+        .body(Full::default())
     {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let response = match client.request(request).await {
-        Ok(r) => r,
-        Err(e) => return fail(format!("request to {url} failed: {e}")),
-    };
-    let status = response.status();
-    let body = match response.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return fail(format!("reading the answer failed: {e}")),
+    let (status, body) = match send(&client, request).await {
+        Ok(answer) => answer,
+        Err(e) => return fail(e),
     };
     eprintln!("HTTP {status}");
     println!("{}", String::from_utf8_lossy(&body));

@@ -12,6 +12,9 @@
 //! | `JWT_PROFILE_ASSERTION_CACHE` | `on` | `off`: check every assertion in full |
 //! | `JWT_PROFILE_REPLAY` | `off` | replay protection (SPEC §3 rule 7): `off`, `memory` (this process) or `redis://HOST:PORT` (shared; feature `redis`, Redis with `maxmemory-policy noeviction`) |
 //! | `JWT_PROFILE_MAX_KEYS_PER_USER` | `100` | keys one user may hold; one more is 429; `0` = no limit |
+//! | `JWT_PROFILE_ISSUER` | `http://<listen address>` | the token endpoint's issuer: an absolute URL without a trailing slash |
+//! | `JWT_PROFILE_MASTER_KEY_FILE` | `master-key` | 32 bytes (raw or base64) sealing the token-signing keys; created (mode 0600) only when missing and the store holds no signing key |
+//! | `JWT_PROFILE_TOKEN_LIFETIME` | `3600` | access-token lifetime in seconds, 600–86400 |
 //!
 //! An empty variable means its default. A value the server cannot use is a
 //! message on stderr and exit code 2, never a silent default.
@@ -28,10 +31,11 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{SecondsFormat, Utc};
-use jwt_profile::http::KeyApi;
+use jwt_profile::http::{KeyApi, TokenApi};
 use jwt_profile::policy::DefaultPolicy;
 use jwt_profile::replay::MemoryReplayStore;
-use jwt_profile::store::{CachedStore, KeyStore, ListQuery, MemoryStore};
+use jwt_profile::store::{CachedStore, KeyStore, ListQuery, MemoryStore, SigningKeyStore};
+use jwt_profile::token::{IssuerError, IssuerSettings, MasterKey, TokenIssuer};
 use jwt_profile::{
     CreateKey, ErrorKind, JwtProfileLayer, KeyFile, KeyService, Principal, Validation, Verifier,
 };
@@ -129,15 +133,23 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, String> {
+/// One backend, seen as the machine-key store and as the signing-key store.
+type Stores = (Arc<dyn KeyStore>, Arc<dyn SigningKeyStore>);
+
+fn both<S: KeyStore + SigningKeyStore>(store: S) -> Stores {
+    let store = Arc::new(store);
+    (store.clone(), store)
+}
+
+async fn open_store(url: &str) -> Result<Stores, String> {
     if url == "memory" {
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok(both(MemoryStore::new()));
     }
     if url.starts_with("sqlite:") {
         #[cfg(feature = "sqlite")]
         return jwt_profile::store::SqliteStore::open(url)
             .await
-            .map(|s| Arc::new(s) as Arc<dyn KeyStore>)
+            .map(both)
             .map_err(|e| format!("cannot open the SQLite store {}: {e}", redacted(url)));
         #[cfg(not(feature = "sqlite"))]
         return Err("this build has no SQLite support (feature `sqlite`)".to_string());
@@ -146,7 +158,7 @@ async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, String> {
         #[cfg(feature = "postgres")]
         return jwt_profile::store::PostgresStore::connect(url)
             .await
-            .map(|s| Arc::new(s) as Arc<dyn KeyStore>)
+            .map(both)
             .map_err(|e| format!("cannot reach the PostgreSQL store: {e}"));
         #[cfg(not(feature = "postgres"))]
         return Err(
@@ -165,7 +177,53 @@ async fn whoami(who: Principal) -> Json<Value> {
         "orgId": who.org_id,
         "keyId": who.key_id,
         "expiresAt": who.expires_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        "kind": who.kind.as_str(),
+        "scopes": who.scopes,
     }))
+}
+
+/// `JWT_PROFILE_TOKEN_LIFETIME`: whole seconds, 600–86400.
+fn token_lifetime(value: &str) -> Result<std::time::Duration, String> {
+    match value.parse::<u64>() {
+        Ok(secs) if (600..=86_400).contains(&secs) => Ok(std::time::Duration::from_secs(secs)),
+        _ => Err(format!(
+            "JWT_PROFILE_TOKEN_LIFETIME={value:?} is not a lifetime; give whole seconds from 600 to 86400"
+        )),
+    }
+}
+
+/// The master key: read from `path`; created there (mode 0600) only when
+/// the file is missing and the store holds no sealed signing key — a new
+/// key could not open them, so it is never made over them.
+async fn master_key(path: &Path, signing: &dyn SigningKeyStore) -> Result<MasterKey, String> {
+    match std::fs::metadata(path) {
+        Ok(_) => MasterKey::read_file(path).map_err(|e| {
+            format!("JWT_PROFILE_MASTER_KEY_FILE={}: {e}", path.display())
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let sealed = signing
+                .signing_keys()
+                .await
+                .map_err(|e| format!("cannot read the signing keys from the store: {e}"))?;
+            if !sealed.is_empty() {
+                return Err(format!(
+                    "the master key file {} is missing, but the store holds {} signing key(s) sealed with a master key; restore that file (a new key cannot open them)",
+                    path.display(),
+                    sealed.len()
+                ));
+            }
+            let key = MasterKey::create_file(path).map_err(|e| e.to_string())?;
+            eprintln!(
+                "created master key {} (mode 0600): keep it; the token-signing keys are sealed with it",
+                path.display()
+            );
+            Ok(key)
+        }
+        Err(e) => Err(format!(
+            "JWT_PROFILE_MASTER_KEY_FILE={}: {e}",
+            path.display()
+        )),
+    }
 }
 
 fn write_key_file(path: &Path, file: &KeyFile) -> std::io::Result<()> {
@@ -264,8 +322,14 @@ async fn main() -> ExitCode {
         }
     };
 
-    let store = match open_store(&store_url).await {
-        Ok(store) => CachedStore::new(store),
+    let lifetime = match token_lifetime(&setting("JWT_PROFILE_TOKEN_LIFETIME", "3600")) {
+        Ok(lifetime) => lifetime,
+        Err(e) => return fail(e),
+    };
+    let master_key_file = setting("JWT_PROFILE_MASTER_KEY_FILE", "master-key");
+
+    let (store, signing_store) = match open_store(&store_url).await {
+        Ok((keys, signing)) => (CachedStore::new(keys), signing),
         Err(e) => return fail(e),
     };
     eprintln!("key store: {}", redacted(&store_url));
@@ -288,6 +352,7 @@ async fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
+    let issuer_name = setting("JWT_PROFILE_ISSUER", &format!("http://{addr}"));
 
     let verifier = Verifier::new(store.clone(), Validation::new(audiences.clone()));
     let verifier = if assertion_cache {
@@ -334,6 +399,29 @@ async fn main() -> ExitCode {
         }
     };
 
+    // The token endpoint: assertions for the issuer exchanged for access
+    // tokens, which the layer accepts beside assertions.
+    let master = match master_key(Path::new(&master_key_file), &*signing_store).await {
+        Ok(key) => key,
+        Err(e) => return fail(e),
+    };
+    let settings = IssuerSettings::new(issuer_name.clone()).token_lifetime(lifetime);
+    let issuer = match TokenIssuer::open(settings, signing_store, master, &verifier).await {
+        Ok(issuer) => issuer,
+        Err(IssuerError::Setting(why)) => return fail(format!("JWT_PROFILE_ISSUER: {why}")),
+        Err(IssuerError::WrongMasterKey) => {
+            return fail(format!(
+                "the master key in {master_key_file} does not open the stored signing keys (wrong key?); refusing to start"
+            ));
+        }
+        Err(e) => return fail(format!("cannot open the token-signing keys: {e}")),
+    };
+    eprintln!(
+        "token endpoint: issuer {issuer_name}, access tokens valid {} s",
+        lifetime.as_secs()
+    );
+    let verifier = verifier.with_access_tokens(issuer.access_tokens());
+
     let keys = KeyService::new(store).with_policy(policy);
     let keys = match max_keys {
         Some(max) => {
@@ -360,6 +448,7 @@ async fn main() -> ExitCode {
     let protected = protected.layer(JwtProfileLayer::new(verifier).realm(audiences[0].clone()));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .merge(TokenApi::new(issuer).router())
         .route(
             "/openapi.json",
             get(|| async {

@@ -444,3 +444,97 @@ async fn remove(
         },
     }))
 }
+
+// ---- the token endpoint -----------------------------------------------------
+
+/// The token endpoint's routes over a [`TokenIssuer`](crate::token::TokenIssuer):
+///
+/// | route | what |
+/// |---|---|
+/// | `GET /.well-known/openid-configuration` | discovery |
+/// | `GET /.well-known/oauth-authorization-server` | the same document |
+/// | `POST /oauth/v2/token` | the jwt-bearer grant (form body, at most 16 KiB) |
+/// | `GET /oauth/v2/keys` | the published signing keys (JWKS) |
+///
+/// All are open: they sit beside the key API, outside the layer (the
+/// assertion is the token request's credential). Answers to token requests,
+/// errors included, carry `Cache-Control: no-store`; the JWKS
+/// `Cache-Control: public, max-age=300`. Mount them at the issuer's path.
+///
+/// ```no_run
+/// # async fn run(issuer: jwt_profile::token::TokenIssuer) {
+/// use jwt_profile::http::TokenApi;
+/// let app: axum::Router = TokenApi::new(issuer).router();
+/// # let _ = app;
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TokenApi {
+    issuer: crate::token::TokenIssuer,
+}
+
+impl TokenApi {
+    /// The routes of `issuer`.
+    pub fn new(issuer: crate::token::TokenIssuer) -> TokenApi {
+        TokenApi { issuer }
+    }
+
+    /// The routes, ready to merge into an application's router (any state).
+    pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        use crate::token::{KEYS_PATH, TOKEN_PATH};
+        Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/.well-known/oauth-authorization-server", get(discovery))
+            .route(TOKEN_PATH, post(token))
+            .route(KEYS_PATH, get(jwks))
+            .layer(DefaultBodyLimit::disable())
+            .with_state(self)
+    }
+}
+
+async fn discovery(State(api): State<TokenApi>) -> Json<crate::token::Discovery> {
+    Json(api.issuer.discovery())
+}
+
+async fn jwks(State(api): State<TokenApi>) -> Response {
+    (
+        [(http::header::CACHE_CONTROL, "public, max-age=300")],
+        Json(api.issuer.jwks()),
+    )
+        .into_response()
+}
+
+async fn token(State(api): State<TokenApi>, request: Request) -> Response {
+    use crate::token::{MAX_TOKEN_REQUEST_BYTES, TokenError, TokenRequest};
+    let (parts, body) = request.into_parts();
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let answer = match axum::body::to_bytes(body, MAX_TOKEN_REQUEST_BYTES).await {
+        Err(_) => Err(TokenError::InvalidRequest(
+            "request body is larger than 16 KiB or unreadable".into(),
+        )),
+        Ok(body) => match TokenRequest::from_form(content_type, &body) {
+            Ok(request) => api.issuer.exchange(&request).await,
+            Err(e) => Err(e),
+        },
+    };
+    let no_store = [
+        (http::header::CACHE_CONTROL, "no-store"),
+        (http::header::PRAGMA, "no-cache"),
+    ];
+    match answer {
+        Ok(response) => (no_store, Json(response)).into_response(),
+        Err(e) => {
+            let mut res = (e.status(), no_store, Json(e.to_json())).into_response();
+            if matches!(e, TokenError::Unavailable(_)) {
+                res.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("5"),
+                );
+            }
+            res
+        }
+    }
+}

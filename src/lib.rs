@@ -71,6 +71,7 @@ mod principal;
 pub mod replay;
 mod service;
 pub mod store;
+pub mod token;
 mod verify;
 
 #[cfg(feature = "test-util")]
@@ -86,9 +87,9 @@ pub use key_file::{AssertionSigner, DEFAULT_ASSERTION_LIFETIME_SECS, KEY_FILE_TY
 pub use layer::{
     JwtProfile, JwtProfileLayer, Rejection, RejectionKind, ResponseBody, ResponseFuture,
 };
-pub use principal::{MissingPrincipal, Principal};
+pub use principal::{MissingPrincipal, Principal, TokenKind};
 pub use service::{CreateKey, CreatedKey, DEFAULT_LIST_LIMIT, KeyService, MAX_LIST_LIMIT};
-pub use verify::{Reason, Validation, Verifier, VerifyError};
+pub use verify::{AccessTokens, Reason, Validation, Verifier, VerifyError};
 
 /// The README's Rust examples, compiled as doctests.
 #[cfg(doctest)]

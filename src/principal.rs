@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Error;
 
-/// Who a validated assertion proves the caller to be.
+/// Who a validated token (an assertion, or an access token issued for one)
+/// proves the caller to be.
 ///
 /// The layer inserts it into the request's extensions; handlers read it from
 /// there (or, with the `axum` feature, take it as an extractor).
@@ -20,6 +21,31 @@ pub struct Principal {
     pub expires_at: DateTime<Utc>,
     /// The assertion's `iat`.
     pub issued_at: DateTime<Utc>,
+    /// Which kind of token proved it: the machine's own assertion, or an
+    /// access token the token endpoint issued for one.
+    pub kind: TokenKind,
+    /// The scopes granted to an access token (empty for an assertion).
+    pub scopes: Vec<String>,
+}
+
+/// Which kind of token a [`Principal`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenKind {
+    /// A JWT-profile assertion signed by the machine's own key.
+    Assertion,
+    /// An access token (`typ: at+jwt`) issued by the token endpoint.
+    AccessToken,
+}
+
+impl TokenKind {
+    /// `assertion` or `access_token`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Assertion => "assertion",
+            TokenKind::AccessToken => "access_token",
+        }
+    }
 }
 
 impl Principal {
@@ -37,6 +63,8 @@ impl Principal {
             key_id: key_id.into(),
             expires_at: now,
             issued_at: now,
+            kind: TokenKind::Assertion,
+            scopes: Vec::new(),
         }
     }
 }

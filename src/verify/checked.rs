@@ -9,7 +9,8 @@ use moka::future::Cache;
 
 use crate::principal::Principal;
 
-/// An assertion whose form, key and signature were verified; its time
+/// A token (an assertion or an access token) whose form, keys and
+/// signature were verified; its time
 /// claims are checked again on every use. It holds no key: on every use the
 /// key is looked up again (a cache hit) and must still be the same stored
 /// key (id and sequence), so a removal anywhere the key lookup sees it
@@ -22,6 +23,11 @@ pub(crate) struct CheckedAssertion {
     pub(crate) exp: f64,
     pub(crate) iat: f64,
     pub(crate) nbf: Option<f64>,
+    /// Whether the maximum-age rule applies (assertions; not access tokens).
+    pub(crate) max_age: bool,
+    /// The last moment (seconds) the token can pass the time rules.
+    pub(crate) last_valid: f64,
+    /// How long the entry lives (set when it is remembered).
     pub(crate) lifetime: Duration,
 }
 

@@ -44,6 +44,7 @@ pub(crate) enum AudVal<'a> {
 pub(crate) struct RawHeader<'a> {
     pub(crate) alg: Option<StrVal<'a>>,
     pub(crate) kid: Option<StrVal<'a>>,
+    pub(crate) typ: Option<StrVal<'a>>,
     pub(crate) crit: bool,
     pub(crate) duplicate: bool,
 }
@@ -57,6 +58,10 @@ pub(crate) struct RawClaims<'a> {
     pub(crate) iat: Option<NumVal>,
     pub(crate) nbf: Option<NumVal>,
     pub(crate) jti: Option<StrVal<'a>>,
+    /// Access tokens: the granted scopes, space-separated.
+    pub(crate) scope: Option<StrVal<'a>>,
+    /// Access tokens: the machine key whose assertion it was issued for.
+    pub(crate) key_id: Option<StrVal<'a>>,
     pub(crate) duplicate: bool,
 }
 
@@ -125,6 +130,7 @@ impl<'de> Slots<'de> for RawHeader<'de> {
         match name {
             "alg" => self.alg = Some(read_str(map)?),
             "kid" => self.kid = Some(read_str(map)?),
+            "typ" => self.typ = Some(read_str(map)?),
             "crit" => {
                 map.next_value::<IgnoredAny>()?;
                 self.crit = true;
@@ -148,6 +154,8 @@ impl<'de> Slots<'de> for RawClaims<'de> {
             "iss" => self.iss = Some(read_str(map)?),
             "sub" => self.sub = Some(read_str(map)?),
             "jti" => self.jti = Some(read_str(map)?),
+            "scope" => self.scope = Some(read_str(map)?),
+            "key_id" => self.key_id = Some(read_str(map)?),
             "aud" => self.aud = Some(read_aud(map)?),
             "exp" => self.exp = Some(read_num(map)?),
             "iat" => self.iat = Some(read_num(map)?),

@@ -23,11 +23,13 @@
 //! # });
 //! ```
 
+mod access;
 mod checked;
 mod json;
 mod reason;
 mod validation;
 
+pub use access::AccessTokens;
 pub use reason::{Reason, VerifyError};
 pub use validation::Validation;
 
@@ -46,7 +48,7 @@ use moka::future::Cache;
 
 use crate::clock::{Clock, SystemClock};
 use crate::key::Algorithm;
-use crate::principal::Principal;
+use crate::principal::{Principal, TokenKind};
 use crate::replay::{MAX_JTI_BYTES, ReplayStore};
 use crate::store::{KeyLookup, StoreError};
 
@@ -64,6 +66,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     checked: Option<Cache<String, Arc<CheckedAssertion>>>,
     replay: Option<Arc<dyn ReplayStore>>,
+    /// Access tokens accepted beside assertions, when configured.
+    access: Option<AccessTokens>,
 }
 
 impl fmt::Debug for Verifier {
@@ -93,6 +97,7 @@ impl Verifier {
                 clock: Arc::new(SystemClock),
                 checked: Some(assertion_cache(DEFAULT_ASSERTION_CACHE_ENTRIES)),
                 replay: None,
+                access: None,
             }),
         }
     }
@@ -143,6 +148,44 @@ impl Verifier {
         self.with_inner(|inner| inner.replay = Some(Arc::new(store)))
     }
 
+    /// Accepts the access tokens of a token issuer beside assertions: a
+    /// token whose header `typ` is `at+jwt` must be signed (RS256) by one of
+    /// the issuer's published signing keys, name the issuer as `iss` and
+    /// one of this verifier's audiences in `aud`, pass the time rules (with
+    /// leeway, but no maximum age: the issuer set its lifetime), and — on
+    /// every use — the machine key it was issued for (`key_id`) must still
+    /// exist, belong to `sub` and not be expired. Removing that machine key
+    /// refuses its access tokens at once.
+    pub fn with_access_tokens(self, tokens: AccessTokens) -> Verifier {
+        self.with_inner(|inner| inner.access = Some(tokens))
+    }
+
+    /// The verifier of the token endpoint: the same keys, clock, rules and
+    /// replay store, with `audiences`; no access tokens, and no cache of
+    /// checked assertions (its entries were checked for other audiences).
+    pub(crate) fn for_audiences(&self, audiences: Vec<String>) -> Verifier {
+        let mut inner = (*self.inner).clone();
+        inner.validation.audiences = audiences;
+        inner.checked = None;
+        inner.access = None;
+        Verifier {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The verifier's clock.
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock.clone()
+    }
+
+    /// The stored machine key `id`, as the verifier sees it now.
+    pub(crate) async fn machine_key(
+        &self,
+        id: &str,
+    ) -> Result<Option<Arc<crate::key::VerifyingKey>>, VerifyError> {
+        self.inner.keys.lookup(id).await.map_err(store_unavailable)
+    }
+
     /// Checks every assertion in full, every time.
     pub fn without_assertion_cache(self) -> Verifier {
         self.with_inner(|inner| inner.checked = None)
@@ -175,7 +218,17 @@ impl Verifier {
             return Ok(principal);
         }
         let segments = form(token)?;
-        let (alg, kid) = header(segments.header(), v)?;
+        let (alg, kid, typ) = header(segments.header(), v)?;
+        if typ == Typ::AccessToken {
+            let Some(access) = &self.inner.access else {
+                return Err(Reason::TokenType.into());
+            };
+            let (principal, entry) = self
+                .access_token(access, &segments, alg, &kid, now, now_secs)
+                .await?;
+            self.remember(token, entry, now_secs).await;
+            return Ok(principal);
+        }
         let claims = parse_claims(segments.payload())?;
         let checked = check_claims(&claims, v, now_secs)?;
         let key = self.key(&kid, checked.issuer, alg, now).await?;
@@ -191,9 +244,24 @@ impl Verifier {
             key_id: stored.id.clone(),
             expires_at: to_datetime(checked.exp),
             issued_at: to_datetime(checked.iat),
+            kind: TokenKind::Assertion,
+            scopes: Vec::new(),
         };
-        self.remember(token, stored, &checked, &principal, now_secs)
-            .await;
+        // With replay protection on, a repeat is a replay: never remembered.
+        if self.inner.replay.is_none() {
+            let entry = CheckedAssertion {
+                key_id: stored.id.clone(),
+                key_sequence: stored.details.sequence,
+                principal: principal.clone(),
+                exp: checked.exp,
+                iat: checked.iat,
+                nbf: checked.nbf,
+                max_age: true,
+                last_valid: checked.last_valid(v),
+                lifetime: Duration::ZERO,
+            };
+            self.remember(token, entry, now_secs).await;
+        }
         Ok(principal)
     }
 
@@ -207,12 +275,7 @@ impl Verifier {
         now: DateTime<Utc>,
         now_secs: f64,
     ) -> Result<Option<Principal>, VerifyError> {
-        let Some(checked) = self
-            .inner
-            .checked
-            .as_ref()
-            .filter(|_| self.inner.replay.is_none())
-        else {
+        let Some(checked) = self.inner.checked.as_ref() else {
             return Ok(None);
         };
         let Some(hit) = checked.get(token).await else {
@@ -223,7 +286,8 @@ impl Verifier {
             && key.key().details.sequence == hit.key_sequence
             && key.key().user_id == hit.principal.user_id
         {
-            check_times(hit.exp, hit.iat, hit.nbf, &self.inner.validation, now_secs)?;
+            let v = &self.inner.validation;
+            time_rules(hit.exp, hit.iat, hit.nbf, v.leeway, hit.max_age.then_some(v.max_age), now_secs)?;
             if key.key().expiration_date <= now {
                 return Err(Reason::KeyExpired.into());
             }
@@ -242,21 +306,32 @@ impl Verifier {
         alg: Algorithm,
         now: DateTime<Utc>,
     ) -> Result<Arc<crate::key::VerifyingKey>, VerifyError> {
-        let key = match self.inner.keys.lookup(kid).await {
-            Ok(Some(key)) => key,
-            Ok(None) => return Err(Reason::UnknownKey.into()),
-            Err(StoreError::Unavailable(why)) => return Err(VerifyError::Unavailable(why)),
-            Err(other) => return Err(VerifyError::Unavailable(other.to_string())),
-        };
+        let key = self.owned_key(kid, issuer, now).await?;
         let stored = key.key();
-        if stored.user_id != issuer {
-            return Err(Reason::UnknownKey.into());
-        }
-        if stored.expiration_date <= now {
-            return Err(Reason::KeyExpired.into());
-        }
         if !alg.fits(stored.public_key.kind()) {
             return Err(Reason::AlgorithmMismatch.into());
+        }
+        Ok(key)
+    }
+
+    /// The machine key `id`: it must exist, belong to `user` (else it is
+    /// "unknown", never a match) and not be expired (no leeway).
+    async fn owned_key(
+        &self,
+        id: &str,
+        user: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<crate::key::VerifyingKey>, VerifyError> {
+        let key = match self.inner.keys.lookup(id).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return Err(Reason::UnknownKey.into()),
+            Err(e) => return Err(store_unavailable(e)),
+        };
+        if key.key().user_id != user {
+            return Err(Reason::UnknownKey.into());
+        }
+        if key.key().expiration_date <= now {
+            return Err(Reason::KeyExpired.into());
         }
         Ok(key)
     }
@@ -285,41 +360,25 @@ impl Verifier {
         }
     }
 
-    /// Remembers an accepted assertion (unless replay protection is on: a
-    /// repeat is then a replay), for no longer than it can pass the time
+    /// Remembers an accepted token for no longer than it can pass the time
     /// rules.
-    async fn remember(
-        &self,
-        token: &str,
-        stored: &crate::key::MachineKey,
-        checked: &Checked<'_>,
-        principal: &Principal,
-        now_secs: f64,
-    ) {
-        let Some(cache) = self
-            .inner
-            .checked
-            .as_ref()
-            .filter(|_| self.inner.replay.is_none())
-        else {
+    async fn remember(&self, token: &str, mut entry: CheckedAssertion, now_secs: f64) {
+        let Some(cache) = self.inner.checked.as_ref() else {
             return;
         };
-        let v = &self.inner.validation;
-        let lifetime =
-            Duration::from_secs_f64((checked.last_valid(v) - now_secs).clamp(0.0, 86_400.0));
-        if lifetime.is_zero() {
+        entry.lifetime =
+            Duration::from_secs_f64((entry.last_valid - now_secs).clamp(0.0, 86_400.0));
+        if entry.lifetime.is_zero() {
             return;
         }
-        let entry = CheckedAssertion {
-            key_id: stored.id.clone(),
-            key_sequence: stored.details.sequence,
-            principal: principal.clone(),
-            exp: checked.exp,
-            iat: checked.iat,
-            nbf: checked.nbf,
-            lifetime,
-        };
         cache.insert(token.to_owned(), Arc::new(entry)).await;
+    }
+}
+
+fn store_unavailable(e: StoreError) -> VerifyError {
+    match e {
+        StoreError::Unavailable(why) => VerifyError::Unavailable(why),
+        other => VerifyError::Unavailable(other.to_string()),
     }
 }
 
@@ -379,13 +438,35 @@ fn form(token: &str) -> Result<Segments<'_>, VerifyError> {
     })
 }
 
+/// What the header's `typ` says the token is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Typ {
+    /// No `typ`, or any other: read as an assertion.
+    Assertion,
+    /// `at+jwt` (or `application/at+jwt`, case-insensitive): an access token.
+    AccessToken,
+}
+
 /// The header: no `crit`; `alg` allowed (never `none` or HMAC); `kid` a
-/// string that follows the id rules, checked before any store read.
+/// string that follows the id rules, checked before any store read; `typ`
+/// says whether it is an access token.
 fn header<'a>(
     bytes: &'a [u8],
     v: &Validation,
-) -> Result<(Algorithm, std::borrow::Cow<'a, str>), VerifyError> {
+) -> Result<(Algorithm, std::borrow::Cow<'a, str>, Typ), VerifyError> {
     let header = parse_header(bytes)?;
+    let typ = match &header.typ {
+        None => Typ::Assertion,
+        Some(StrVal::Other) => return Err(malformed("typ is not a string")),
+        Some(StrVal::Str(t)) => {
+            let t = t.strip_prefix("application/").unwrap_or(t);
+            if t.eq_ignore_ascii_case("at+jwt") {
+                Typ::AccessToken
+            } else {
+                Typ::Assertion
+            }
+        }
+    };
     if header.crit {
         return Err(Reason::Crit.into());
     }
@@ -416,7 +497,7 @@ fn header<'a>(
             Some(problem) => return Err(malformed(kid_problem(problem))),
         },
     };
-    Ok((alg, kid))
+    Ok((alg, kid, typ))
 }
 
 /// The id rule a `kid` broke, as a static description.
@@ -480,17 +561,7 @@ fn check_claims<'a>(
             "nbf is not a valid NumericDate",
         )?),
     };
-    let audience_ok = match &c.aud {
-        None => return Err(malformed("aud is missing")),
-        Some(AudVal::Other) => {
-            return Err(malformed("aud must be a string or an array of strings"));
-        }
-        Some(AudVal::One(a)) => v.audiences.iter().any(|x| x == a),
-        Some(AudVal::Many(list)) => list.iter().any(|a| v.audiences.iter().any(|x| x == a)),
-    };
-    if !audience_ok {
-        return Err(Reason::Audience.into());
-    }
+    check_audience(&c.aud, v)?;
     check_times(exp, iat, nbf, v, now)?;
     let jti = match &c.jti {
         Some(StrVal::Str(j)) => Some(j.as_ref()),
@@ -505,8 +576,26 @@ fn check_claims<'a>(
     })
 }
 
-/// The time rules, with leeway L: now < exp + L, iat ≤ now + L,
-/// now − iat ≤ max age + L, nbf ≤ now + L.
+/// `aud`: a string or an array of strings naming an accepted audience
+/// exactly.
+fn check_audience(aud: &Option<AudVal<'_>>, v: &Validation) -> Result<(), VerifyError> {
+    let ok = match aud {
+        None => return Err(malformed("aud is missing")),
+        Some(AudVal::Other) => {
+            return Err(malformed("aud must be a string or an array of strings"));
+        }
+        Some(AudVal::One(a)) => v.audiences.iter().any(|x| x == a),
+        Some(AudVal::Many(list)) => list.iter().any(|a| v.audiences.iter().any(|x| x == a)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Reason::Audience.into())
+    }
+}
+
+/// The time rules of an assertion, with leeway L: now < exp + L,
+/// iat ≤ now + L, now − iat ≤ max age + L, nbf ≤ now + L.
 fn check_times(
     exp: f64,
     iat: f64,
@@ -514,14 +603,28 @@ fn check_times(
     v: &Validation,
     now: f64,
 ) -> Result<(), VerifyError> {
-    let l = v.leeway;
+    time_rules(exp, iat, nbf, v.leeway, Some(v.max_age), now)
+}
+
+/// The time rules with leeway `l`; the age rule only with a `max_age`
+/// (access tokens have none: their issuer set their lifetime).
+fn time_rules(
+    exp: f64,
+    iat: f64,
+    nbf: Option<f64>,
+    l: f64,
+    max_age: Option<f64>,
+    now: f64,
+) -> Result<(), VerifyError> {
     if now >= exp + l {
         return Err(Reason::Expired.into());
     }
     if iat > now + l {
         return Err(Reason::IssuedInFuture.into());
     }
-    if now - iat > v.max_age + l {
+    if let Some(max_age) = max_age
+        && now - iat > max_age + l
+    {
         return Err(Reason::TooOld.into());
     }
     if let Some(nbf) = nbf

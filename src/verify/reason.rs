@@ -40,6 +40,12 @@ pub enum Reason {
     TooOld,
     /// The (`iss`, `jti`) was used before (replay protection on).
     Replayed,
+    /// An access token's `iss` is not the configured issuer.
+    Issuer,
+    /// The token's `typ` is not accepted here: an access token where only
+    /// assertions are (the token endpoint, or a verifier without access
+    /// tokens configured).
+    TokenType,
 }
 
 impl Reason {
@@ -61,6 +67,8 @@ impl Reason {
             Reason::IssuedInFuture => "TOKEN-iat-future",
             Reason::TooOld => "TOKEN-too-old",
             Reason::Replayed => "TOKEN-replayed",
+            Reason::Issuer => "TOKEN-issuer",
+            Reason::TokenType => "TOKEN-type",
         }
     }
 
@@ -81,6 +89,8 @@ impl Reason {
             Reason::IssuedInFuture => "iat is in the future",
             Reason::TooOld => "token too old (iat)",
             Reason::Replayed => "token already used (jti)",
+            Reason::Issuer => "iss is not the accepted issuer",
+            Reason::TokenType => "token type not accepted here",
         }
     }
 }

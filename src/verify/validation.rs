@@ -84,6 +84,11 @@ impl Validation {
         &self.audiences
     }
 
+    /// The leeway, in seconds.
+    pub(crate) fn leeway_secs(&self) -> f64 {
+        self.leeway
+    }
+
     pub(crate) fn allows(&self, alg: Algorithm) -> bool {
         self.algorithms[alg as usize]
     }

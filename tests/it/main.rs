@@ -17,4 +17,5 @@ mod postgres;
 mod properties;
 mod replay;
 mod security;
+mod token;
 mod validation;

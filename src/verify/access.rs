@@ -1,0 +1,112 @@
+//! Access tokens (`typ: at+jwt`) issued by a token issuer, accepted beside
+//! assertions when the verifier is given [`AccessTokens`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::checked::CheckedAssertion;
+use super::json::{StrVal, parse_claims};
+use super::{
+    Reason, Segments, Verifier, VerifyError, check_audience, malformed, required_date,
+    required_str, time_rules, to_datetime,
+};
+use crate::key::Algorithm;
+use crate::principal::{Principal, TokenKind};
+use crate::token::SigningKeys;
+
+/// What a [`Verifier`] needs to accept a token issuer's access tokens: the
+/// issuer's name and its published signing keys. Made by
+/// [`TokenIssuer::access_tokens`](crate::token::TokenIssuer::access_tokens).
+#[derive(Clone)]
+pub struct AccessTokens {
+    pub(crate) issuer: String,
+    pub(crate) keys: SigningKeys,
+}
+
+impl std::fmt::Debug for AccessTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessTokens")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// An access token: RS256 by a published signing key; `iss` the issuer;
+    /// `aud` one of ours; the time rules without maximum age; and the
+    /// machine key it was issued for still there, the user's, unexpired.
+    pub(super) async fn access_token(
+        &self,
+        access: &AccessTokens,
+        segments: &Segments<'_>,
+        alg: Algorithm,
+        kid: &str,
+        now: DateTime<Utc>,
+        now_secs: f64,
+    ) -> Result<(Principal, CheckedAssertion), VerifyError> {
+        let v = &self.inner.validation;
+        if alg != Algorithm::RS256 {
+            return Err(Reason::Algorithm("access tokens are signed with RS256").into());
+        }
+        let c = parse_claims(segments.payload())?;
+        let iss = required_str(&c.iss, "iss is missing", "iss is not a string", "iss is empty")?;
+        if iss != access.issuer {
+            return Err(Reason::Issuer.into());
+        }
+        let sub = required_str(&c.sub, "sub is missing", "sub is not a string", "sub is empty")?;
+        let key_id = required_str(
+            &c.key_id,
+            "key_id is missing",
+            "key_id is not a string",
+            "key_id is empty",
+        )?;
+        let exp = required_date(c.exp, "exp is missing", "exp is not a valid NumericDate")?;
+        let iat = required_date(c.iat, "iat is missing", "iat is not a valid NumericDate")?;
+        let nbf = c
+            .nbf
+            .map(|n| required_date(Some(n), "", "nbf is not a valid NumericDate"))
+            .transpose()?;
+        let scopes: Vec<String> = match &c.scope {
+            None => Vec::new(),
+            Some(StrVal::Other) => return Err(malformed("scope is not a string")),
+            Some(StrVal::Str(s)) => s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+        };
+        check_audience(&c.aud, v)?;
+        time_rules(exp, iat, nbf, v.leeway, None, now_secs)?;
+        let signing = match access.keys.verifying_key(kid).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return Err(Reason::UnknownKey.into()),
+            Err(e) => return Err(VerifyError::Unavailable(e.to_string())),
+        };
+        if !signing.verify(segments.signing_input, segments.signature()) {
+            return Err(Reason::Signature.into());
+        }
+        // On every use: the machine key must still be there (a removal
+        // revokes its access tokens), the user's, and unexpired.
+        let machine: Arc<crate::key::VerifyingKey> = self.owned_key(key_id, sub, now).await?;
+        let stored = machine.key();
+        let principal = Principal {
+            user_id: stored.user_id.clone(),
+            org_id: stored.resource_owner.clone(),
+            key_id: stored.id.clone(),
+            expires_at: to_datetime(exp),
+            issued_at: to_datetime(iat),
+            kind: TokenKind::AccessToken,
+            scopes,
+        };
+        let entry = CheckedAssertion {
+            key_id: stored.id.clone(),
+            key_sequence: stored.details.sequence,
+            principal: principal.clone(),
+            exp,
+            iat,
+            nbf,
+            max_age: false,
+            last_valid: exp + v.leeway,
+            lifetime: Duration::ZERO,
+        };
+        Ok((principal, entry))
+    }
+}
