@@ -212,6 +212,10 @@ async fn master_key(path: &Path, signing: &dyn SigningKeyStore) -> Result<Master
                     sealed.len()
                 ));
             }
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
             let key = MasterKey::create_file(path).map_err(|e| e.to_string())?;
             eprintln!(
                 "created master key {} (mode 0600): keep it; the token-signing keys are sealed with it",
@@ -353,6 +357,10 @@ async fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     let issuer_name = setting("JWT_PROFILE_ISSUER", &format!("http://{addr}"));
+    let issuer_settings = IssuerSettings::new(issuer_name.clone()).token_lifetime(lifetime);
+    if let Err(e) = issuer_settings.validate() {
+        return fail(format!("JWT_PROFILE_ISSUER={issuer_name:?}: {e}"));
+    }
 
     let verifier = Verifier::new(store.clone(), Validation::new(audiences.clone()));
     let verifier = if assertion_cache {
@@ -405,8 +413,7 @@ async fn main() -> ExitCode {
         Ok(key) => key,
         Err(e) => return fail(e),
     };
-    let settings = IssuerSettings::new(issuer_name.clone()).token_lifetime(lifetime);
-    let issuer = match TokenIssuer::open(settings, signing_store, master, &verifier).await {
+    let issuer = match TokenIssuer::open(issuer_settings, signing_store, master, &verifier).await {
         Ok(issuer) => issuer,
         Err(IssuerError::Setting(why)) => return fail(format!("JWT_PROFILE_ISSUER: {why}")),
         Err(IssuerError::WrongMasterKey) => {

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH=${1:-600}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(verify public_key key_api_body)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(verify public_key key_api_body token_form)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 export RUSTC_BOOTSTRAP=1
 for t in "${TARGETS[@]}"; do

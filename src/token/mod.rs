@@ -137,6 +137,14 @@ impl IssuerSettings {
         self
     }
 
+    /// Checks the settings (what [`TokenIssuer::open`] checks first): the
+    /// issuer an absolute `http(s)` URL with a host, no trailing slash, no
+    /// query or fragment; lifetime 600–86 400 s; rotation at least 1 hour;
+    /// publication at least 5 minutes ahead.
+    pub fn validate(&self) -> Result<(), IssuerError> {
+        self.check().map_err(IssuerError::Setting)
+    }
+
     fn check(&self) -> Result<(), String> {
         let i = &self.issuer;
         let rest = i
@@ -463,7 +471,7 @@ impl TokenIssuer {
         master: MasterKey,
         verifier: &Verifier,
     ) -> Result<TokenIssuer, IssuerError> {
-        settings.check().map_err(IssuerError::Setting)?;
+        settings.validate()?;
         let leeway = Duration::from_secs_f64(verifier.validation().leeway_secs());
         let lifecycle = Lifecycle {
             rotation: settings.rotation,

@@ -182,6 +182,12 @@ fn bad_settings_exit_2_with_a_message() {
             ("JWT_PROFILE_ASSERTION_CACHE", "maybe"),
             "JWT_PROFILE_ASSERTION_CACHE",
         ),
+        (("JWT_PROFILE_ISSUER", "auth.example.com"), "JWT_PROFILE_ISSUER"),
+        (("JWT_PROFILE_ISSUER", "https://auth.example.com/"), "JWT_PROFILE_ISSUER"),
+        (("JWT_PROFILE_TOKEN_LIFETIME", "599"), "JWT_PROFILE_TOKEN_LIFETIME"),
+        (("JWT_PROFILE_TOKEN_LIFETIME", "86401"), "JWT_PROFILE_TOKEN_LIFETIME"),
+        (("JWT_PROFILE_TOKEN_LIFETIME", "1h"), "JWT_PROFILE_TOKEN_LIFETIME"),
+        (("JWT_PROFILE_MASTER_KEY_FILE", "a-file/master"), "JWT_PROFILE_MASTER_KEY_FILE"),
         #[cfg(feature = "redis")]
         (
             ("JWT_PROFILE_REPLAY", "redis://127.0.0.1:1"),
@@ -834,4 +840,84 @@ async fn store_passwords_are_never_printed() {
         "a password is printed: {stderr}"
     );
     common::backends::drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn the_token_endpoint_logs_a_machine_in_with_the_settings_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(
+        dir.path(),
+        &[
+            ("JWT_PROFILE_TOKEN_LIFETIME", "900"),
+            ("JWT_PROFILE_MASTER_KEY_FILE", "secrets/master"),
+        ],
+    );
+    // Created on first start, 32 bytes, mode 0600.
+    let master = dir.path().join("secrets/master");
+    let meta = std::fs::metadata(&master).expect("master key created");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 32);
+    let issuer = format!("http://{}", server.addr);
+    let http = Http::new(server.addr.parse().expect("addr"));
+    let discovery = http
+        .send(Method::GET, "/.well-known/openid-configuration", &[], "")
+        .await
+        .json();
+    assert_eq!(discovery["issuer"], issuer.as_str());
+    assert_eq!(
+        discovery["token_endpoint"],
+        format!("{issuer}/oauth/v2/token")
+    );
+    let whoami = format!("{issuer}/whoami");
+    let (ok, token) = machine_login(
+        dir.path(),
+        &["--token-endpoint", "--print-token", "admin-key.json", &whoami],
+    );
+    assert!(ok, "{token}");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).expect("payload"))
+            .expect("b64"),
+    )
+    .expect("json");
+    assert_eq!(claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0), 900);
+    assert_eq!(claims["iss"], issuer.as_str());
+    let (ok, out) = machine_login(dir.path(), &["--token-endpoint", "admin-key.json", &whoami]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"kind\":\"access_token\""), "{out}");
+    assert!(out.contains("\"userId\":\"admin\""), "{out}");
+}
+
+#[test]
+fn a_missing_or_wrong_master_key_over_sealed_keys_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // First start: the master key and the first signing key are made.
+    drop(start(dir.path(), &[]));
+    let master = dir.path().join("master-key");
+    let original = std::fs::read(&master).expect("master key");
+    // Missing: never a new key over sealed ones.
+    std::fs::remove_file(&master).expect("rm");
+    let mut cmd = Command::new(example("server"));
+    cmd.current_dir(dir.path()).env("JWT_PROFILE_LISTEN", "127.0.0.1:0");
+    let (code, stderr) = run_to_exit(cmd, dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("missing"), "{stderr}");
+    assert!(!master.exists(), "no new master key was written");
+    // Wrong: refused too.
+    std::fs::write(&master, [7u8; 32]).expect("write");
+    let mut cmd = Command::new(example("server"));
+    cmd.current_dir(dir.path()).env("JWT_PROFILE_LISTEN", "127.0.0.1:0");
+    let (code, stderr) = run_to_exit(cmd, dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("does not open"), "{stderr}");
+    // Not a key at all.
+    std::fs::write(&master, "short").expect("write");
+    let mut cmd = Command::new(example("server"));
+    cmd.current_dir(dir.path()).env("JWT_PROFILE_LISTEN", "127.0.0.1:0");
+    let (code, stderr) = run_to_exit(cmd, dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("JWT_PROFILE_MASTER_KEY_FILE"), "{stderr}");
+    // The right one (as base64 text, as secret stores hand it out) starts.
+    std::fs::write(&master, STANDARD.encode(&original)).expect("write");
+    drop(start(dir.path(), &[]));
 }

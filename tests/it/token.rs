@@ -17,7 +17,7 @@ use jwt_profile::{
 };
 use serde_json::{Value, json};
 
-use crate::common::{Answer, Http, ORG, serve};
+use crate::common::{Answer, Http, ORG};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const GRANT: &str = "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
@@ -48,11 +48,23 @@ pub async fn token_app_on(
     master: MasterKey,
     clock: ManualClock,
 ) -> TokenApp {
+    token_replica(keys, signing, master, clock, None).await
+}
+
+/// The app, named `issuer` (replicas of one issuer share its name), or its
+/// own address.
+pub async fn token_replica(
+    keys: Arc<dyn KeyStore>,
+    signing: Arc<dyn SigningKeyStore>,
+    master: MasterKey,
+    clock: ManualClock,
+    issuer: Option<&str>,
+) -> TokenApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let issuer_name = format!("http://{addr}");
+    let issuer_name = issuer.map_or_else(|| format!("http://{addr}"), String::from);
     let store = CachedStore::new(keys);
     let verifier =
         Verifier::new(store.clone(), Validation::new([SERVICE])).with_clock(clock.clone());
@@ -376,7 +388,7 @@ async fn scopes_grant_openid_and_project_audiences_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_never_outlives_its_machine_key() {
     let app = token_app().await;
-    let until = chrono::Utc::now() + chrono::TimeDelta::seconds(900);
+    let until = jwt_profile::Clock::now(&app.clock) + chrono::TimeDelta::seconds(900);
     let bot = app.machine_until("short", Some(until)).await;
     let answer = app.exchange(&app.assertion(&bot), None).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
@@ -493,7 +505,7 @@ async fn removing_a_machine_key_revokes_its_access_tokens_on_postgres_replicas()
     let master = MasterKey::generate().expect("master");
     let clock = ManualClock::now_system();
     let app_a = token_app_on(a.clone(), a, master.clone(), clock.clone()).await;
-    let app_b = token_app_on(b.clone(), b, master, clock).await;
+    let app_b = token_replica(b.clone(), b, master, clock, Some(&app_a.issuer_name)).await;
     let bot = app_a.machine("bot").await;
     let token = app_a.access_token(&bot).await;
     // Replica B accepts replica A's token (same signing keys), and caches it.
@@ -691,7 +703,8 @@ async fn hostile_access_tokens_are_refused() {
     let mut long_lived = claims.clone();
     long_lived["exp"] = json!(253402300799u64);
     let cases: Vec<(&str, String, &str)> = vec![
-        ("alg none", format!("{}.", unsigned(&json!({"alg":"none","typ":"at+jwt","kid":kid}), &claims)), "TOKEN-algorithm"),
+        ("alg none, no signature", format!("{}.", unsigned(&json!({"alg":"none","typ":"at+jwt","kid":kid}), &claims)), "TOKEN-malformed"),
+        ("alg none", resigned(&json!({"alg":"none","typ":"at+jwt","kid":kid}), &claims), "TOKEN-algorithm"),
         ("alg HS256", resigned(&json!({"alg":"HS256","typ":"at+jwt","kid":kid}), &claims), "TOKEN-algorithm"),
         ("alg PS256", resigned(&json!({"alg":"PS256","typ":"at+jwt","kid":kid}), &claims), "TOKEN-algorithm"),
         ("alg ES256", resigned(&json!({"alg":"ES256","typ":"at+jwt","kid":kid}), &claims), "TOKEN-algorithm"),
