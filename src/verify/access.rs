@@ -103,7 +103,7 @@ impl Verifier {
             exp,
             iat,
             nbf,
-            max_age: false,
+            kind: TokenKind::AccessToken,
             last_valid: exp + v.leeway,
             lifetime: Duration::ZERO,
         };

@@ -23,8 +23,9 @@ pub(crate) struct CheckedAssertion {
     pub(crate) exp: f64,
     pub(crate) iat: f64,
     pub(crate) nbf: Option<f64>,
-    /// Whether the maximum-age rule applies (assertions; not access tokens).
-    pub(crate) max_age: bool,
+    /// An assertion (the maximum-age rule applies; with replay protection
+    /// on, a repeat is a replay) or an access token.
+    pub(crate) kind: crate::principal::TokenKind,
     /// The last moment (seconds) the token can pass the time rules.
     pub(crate) last_valid: f64,
     /// How long the entry lives (set when it is remembered).

@@ -256,7 +256,7 @@ impl Verifier {
                 exp: checked.exp,
                 iat: checked.iat,
                 nbf: checked.nbf,
-                max_age: true,
+                kind: TokenKind::Assertion,
                 last_valid: checked.last_valid(v),
                 lifetime: Duration::ZERO,
             };
@@ -281,13 +281,21 @@ impl Verifier {
         let Some(hit) = checked.get(token).await else {
             return Ok(None);
         };
+        // With replay protection on, a repeated assertion is a replay: the
+        // full check (which uses up its jti) decides, whatever a cache
+        // shared with a verifier without replay protection holds.
+        let assertion = hit.kind == TokenKind::Assertion;
+        if assertion && self.inner.replay.is_some() {
+            return Ok(None);
+        }
         // Removed, replaced or store down: the full check decides.
         if let Ok(Some(key)) = self.inner.keys.lookup(&hit.key_id).await
             && key.key().details.sequence == hit.key_sequence
             && key.key().user_id == hit.principal.user_id
         {
             let v = &self.inner.validation;
-            time_rules(hit.exp, hit.iat, hit.nbf, v.leeway, hit.max_age.then_some(v.max_age), now_secs)?;
+            let max_age = assertion.then_some(v.max_age);
+            time_rules(hit.exp, hit.iat, hit.nbf, v.leeway, max_age, now_secs)?;
             if key.key().expiration_date <= now {
                 return Err(Reason::KeyExpired.into());
             }

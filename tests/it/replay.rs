@@ -420,3 +420,22 @@ mod redis {
         ));
     }
 }
+
+/// A verifier with replay protection made from one without shares its cache
+/// of checked tokens: an assertion the first accepted (and remembered) must
+/// still use up its jti once, and only once, with the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_assertion_is_no_pass_for_a_verifier_with_replay_protection() {
+    let store = CachedStore::new(MemoryStore::new());
+    let signer = machine(&store, "bot").await;
+    let open = Verifier::new(store.clone(), Validation::new([AUD]));
+    let token = assertion(&signer, json!(random_jti()));
+    assert!(open.verify(&token).await.is_ok());
+    assert!(open.verify(&token).await.is_ok(), "a repeat, from the cache");
+    let guarded = open.clone().with_replay_protection(MemoryReplayStore::new());
+    assert!(guarded.verify(&token).await.is_ok(), "first use of the jti");
+    assert_eq!(
+        guarded.verify(&token).await.map_err(|e| e.reason()),
+        Err(Some(jwt_profile::Reason::Replayed))
+    );
+}
