@@ -1,12 +1,19 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
-use super::{KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError};
+use super::{
+    KeyPage, KeyStore, ListQuery, NewKey, Removed, SigningKeyStore, StoreError, StoredSigningKey,
+};
 use crate::key::MachineKey;
 
 /// An in-process store: fast, shared by clones of an `Arc`, gone at exit.
+///
+/// It keeps machine keys and, as a [`SigningKeyStore`], the token
+/// endpoint's signing keys, both under one mutex and both lost when the
+/// process exits (a restarted server starts with a new signing key).
 ///
 /// ```
 /// use jwt_profile::store::MemoryStore;
@@ -24,6 +31,8 @@ struct Inner {
     keys: HashMap<String, MachineKey>,
     /// Per user: the key ids in creation order.
     by_user: HashMap<String, Vec<String>>,
+    /// The signing keys by generation.
+    signing: BTreeMap<u64, StoredSigningKey>,
 }
 
 impl MemoryStore {
@@ -136,5 +145,48 @@ impl KeyStore for MemoryStore {
             sequence: inner.sequence,
             resource_owner: key.resource_owner,
         }))
+    }
+}
+
+/// `t` at millisecond precision, as the durable stores keep it.
+fn at_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+#[async_trait]
+impl SigningKeyStore for MemoryStore {
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        Ok(self.lock().signing.values().cloned().collect())
+    }
+
+    async fn insert_signing_key(&self, key: StoredSigningKey) -> Result<bool, StoreError> {
+        // What the SQL backends can store (BIGINT), so every backend
+        // accepts the same keys.
+        if i64::try_from(key.generation).is_err() {
+            return Err(StoreError::Unavailable(format!(
+                "signing key {}: generation {} is too large to store",
+                key.id, key.generation
+            )));
+        }
+        let mut inner = self.lock();
+        // The generation first, as the SQL backends check it.
+        if inner.signing.contains_key(&key.generation) {
+            return Ok(false);
+        }
+        if inner.signing.values().any(|k| k.id == key.id) {
+            return Err(StoreError::DuplicateId);
+        }
+        let key = StoredSigningKey {
+            created_at: at_millis(key.created_at),
+            signs_from: at_millis(key.signs_from),
+            ..key
+        };
+        inner.signing.insert(key.generation, key);
+        Ok(true)
+    }
+
+    async fn remove_signing_key(&self, id: &str) -> Result<(), StoreError> {
+        self.lock().signing.retain(|_, k| k.id != id);
+        Ok(())
     }
 }

@@ -121,19 +121,74 @@ macro_rules! check_key_limit {
     };
 }
 
+/// The columns of `signing_keys`, in the order every SQL backend reads and
+/// writes them.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! signing_key_columns {
+    () => {
+        "id, generation, public_key, sealed_private_key, created_ms, signs_from_ms"
+    };
+}
+
+/// Inserts the [`StoredSigningKey`] `$key` through `$executor` unless its
+/// generation is taken, for every SQL backend: `Ok(true)` when inserted,
+/// `Ok(false)` when a key of that generation exists (`ON CONFLICT
+/// (generation)`, checked before any other constraint by SQLite and
+/// PostgreSQL alike); an id that is taken is a unique violation, so
+/// [`StoreError::DuplicateId`]. The placeholders are the backend's.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! insert_signing_key {
+    ($executor:expr, $key:expr, [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal]) => {{
+        let key: &StoredSigningKey = &$key;
+        let generation = i64::try_from(key.generation).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "signing key {}: generation {} is too large to store",
+                key.id, key.generation
+            ))
+        })?;
+        sqlx::query(concat!(
+            "INSERT INTO signing_keys (",
+            signing_key_columns!(),
+            ") VALUES (",
+            $p1,
+            ", ",
+            $p2,
+            ", ",
+            $p3,
+            ", ",
+            $p4,
+            ", ",
+            $p5,
+            ", ",
+            $p6,
+            ") ON CONFLICT (generation) DO NOTHING"
+        ))
+        .bind(&key.id)
+        .bind(generation)
+        .bind(&key.public_key_der)
+        .bind(&key.sealed_private_key)
+        .bind(to_millis(key.created_at))
+        .bind(to_millis(key.signs_from))
+        .execute($executor)
+        .await
+        .map(|done| done.rows_affected() == 1)
+        .map_err(db_error)
+    }};
+}
+
 mod cached;
 mod memory;
-mod signing;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod signing;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use cached::{CacheSettings, CachedStore, KeyLookup};
 pub use memory::MemoryStore;
-pub use signing::{SigningKeyStore, StoredSigningKey};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSettings, PostgresStore};
+pub use signing::{SigningKeyStore, StoredSigningKey};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -406,5 +461,51 @@ where
             resource_owner: resource_owner.clone(),
         },
         resource_owner,
+    })
+}
+
+/// Every stored signing key, oldest generation first (every SQL backend).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const SELECT_SIGNING_KEYS: &str = concat!(
+    "SELECT ",
+    signing_key_columns!(),
+    " FROM signing_keys ORDER BY generation ASC"
+);
+
+/// Reads a signing key from a row of `signing_keys` (any sqlx backend). A
+/// row no backend would have written (a negative generation, a timestamp
+/// out of range) makes the store unavailable rather than yield a key.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn signing_key_from_row<'r, R>(row: &'r R) -> Result<StoredSigningKey, StoreError>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'r [u8]: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let column = |e: sqlx::Error| StoreError::Unavailable(e.to_string());
+    let id: String = row.try_get("id").map_err(column)?;
+    let bad = |what: String| {
+        StoreError::Unavailable(format!("stored signing key {id} is unreadable: {what}"))
+    };
+    let generation: i64 = row.try_get("generation").map_err(column)?;
+    let generation =
+        u64::try_from(generation).map_err(|_| bad(format!("generation {generation}")))?;
+    let time = |name: &'static str| -> Result<DateTime<Utc>, StoreError> {
+        let ms: i64 = row.try_get(name).map_err(column)?;
+        DateTime::from_timestamp_millis(ms).ok_or_else(|| bad(format!("{name} {ms}")))
+    };
+    let created_at = time("created_ms")?;
+    let signs_from = time("signs_from_ms")?;
+    let public_key: &[u8] = row.try_get("public_key").map_err(column)?;
+    let sealed: &[u8] = row.try_get("sealed_private_key").map_err(column)?;
+    Ok(StoredSigningKey {
+        generation,
+        public_key_der: public_key.to_vec(),
+        sealed_private_key: sealed.to_vec(),
+        created_at,
+        signs_from,
+        id,
     })
 }

@@ -6,8 +6,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::broadcast;
 
 use super::{
-    KeyEvent, KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError, db_error, key_from_row,
-    to_millis,
+    KeyEvent, KeyPage, KeyStore, ListQuery, NewKey, Removed, SELECT_SIGNING_KEYS, SigningKeyStore,
+    StoreError, StoredSigningKey, db_error, key_from_row, signing_key_from_row, to_millis,
 };
 use crate::key::MachineKey;
 
@@ -48,6 +48,11 @@ impl Default for PostgresSettings {
 /// per-user advisory lock. Every insert and removal is announced with
 /// `NOTIFY`; each store listens, and a [`CachedStore`](super::CachedStore) in
 /// front of it drops the key at once (in practice within milliseconds).
+///
+/// As a [`SigningKeyStore`] it keeps the token endpoint's signing keys in
+/// the table `signing_keys`, shared by every replica on the database: the
+/// unique generation makes replicas rotating at once store one key, not
+/// two. Signing-key changes are not announced; readers list the keys again.
 #[derive(Debug)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -466,6 +471,48 @@ impl PostgresStore {
             .await
             .map_err(db_error)?;
         Ok(Some(ids))
+    }
+}
+
+/// The signing-key operations, without their time limit.
+impl PostgresStore {
+    async fn signing_keys_now(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        let rows = sqlx::query(SELECT_SIGNING_KEYS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(signing_key_from_row).collect()
+    }
+
+    async fn insert_signing_key_now(&self, key: StoredSigningKey) -> Result<bool, StoreError> {
+        // ON CONFLICT (generation) waits for a concurrent insert of the same
+        // generation to commit or roll back, so exactly one replica wins.
+        insert_signing_key!(&self.pool, key, ["$1", "$2", "$3", "$4", "$5", "$6"])
+    }
+
+    async fn remove_signing_key_now(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM signing_keys WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+/// Every operation is bounded by [`PostgresSettings::query_timeout`].
+#[async_trait]
+impl SigningKeyStore for PostgresStore {
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        self.timed(self.signing_keys_now()).await
+    }
+
+    async fn insert_signing_key(&self, key: StoredSigningKey) -> Result<bool, StoreError> {
+        self.timed(self.insert_signing_key_now(key)).await
+    }
+
+    async fn remove_signing_key(&self, id: &str) -> Result<(), StoreError> {
+        self.timed(self.remove_signing_key_now(id)).await
     }
 }
 

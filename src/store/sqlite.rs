@@ -8,7 +8,8 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use super::{
-    KeyPage, KeyStore, ListQuery, NewKey, Removed, StoreError, db_error, key_from_row, to_millis,
+    KeyPage, KeyStore, ListQuery, NewKey, Removed, SELECT_SIGNING_KEYS, SigningKeyStore,
+    StoreError, StoredSigningKey, db_error, key_from_row, signing_key_from_row, to_millis,
 };
 use crate::key::MachineKey;
 
@@ -17,6 +18,9 @@ use crate::key::MachineKey;
 /// Migrations are embedded and run on open. The file is in WAL mode: reads
 /// go through a small pool and never wait for writes; writes go through one
 /// connection, so they are serialized without `SQLITE_BUSY` retries.
+///
+/// As a [`SigningKeyStore`] it keeps the token endpoint's signing keys in
+/// the table `signing_keys` of the same file.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -183,5 +187,32 @@ impl KeyStore for SqliteStore {
             sequence: u64::try_from(sequence).unwrap_or_default(),
             resource_owner,
         }))
+    }
+}
+
+#[async_trait]
+impl SigningKeyStore for SqliteStore {
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+        let rows = sqlx::query(SELECT_SIGNING_KEYS)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(signing_key_from_row).collect()
+    }
+
+    async fn insert_signing_key(&self, key: StoredSigningKey) -> Result<bool, StoreError> {
+        // One statement, so atomic on its own; through the writer like every
+        // write. Another process inserting the same generation at once
+        // waits for the file's write lock, then finds the generation taken.
+        insert_signing_key!(&self.writer, key, ["?", "?", "?", "?", "?", "?"])
+    }
+
+    async fn remove_signing_key(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM signing_keys WHERE id = ?")
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 }
