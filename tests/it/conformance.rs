@@ -1,5 +1,6 @@
-//! One conformance suite for every `KeyStore` backend (SPEC §4). A backend
-//! joins with one line at the bottom: `conformance!(name, opener);`.
+//! One conformance suite for every `KeyStore` backend (SPEC §4), and for
+//! each as a `SigningKeyStore` (SPEC §6). A backend joins with one line at
+//! the bottom: `conformance!(name, opener);`.
 
 use crate::common;
 
@@ -8,7 +9,7 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use common::backends::{self, Backend};
-use jwt_profile::store::{ListQuery, NewKey, StoreError};
+use jwt_profile::store::{ListQuery, NewKey, StoreError, StoredSigningKey};
 use jwt_profile::{KeyType, PublicKey, generate_rsa_key_pair};
 
 fn public_key() -> PublicKey {
@@ -341,6 +342,43 @@ async fn persistence(b: &dyn Backend) {
     }
 }
 
+/// Signing keys, like machine keys, survive a restart on durable backends.
+async fn signing_key_persistence(b: &dyn Backend) {
+    let signing = b.signing();
+    assert!(
+        signing
+            .insert_signing_key(signing_key("s1", 1))
+            .await
+            .expect("insert")
+    );
+    assert!(
+        signing
+            .insert_signing_key(signing_key("s2", 2))
+            .await
+            .expect("insert")
+    );
+    signing.remove_signing_key("s2").await.expect("remove");
+    drop(signing);
+    let reopened = b.reopen().await;
+    let keys = reopened.signing_keys().await.expect("list");
+    if b.durable() {
+        assert_eq!(keys, vec![stored(signing_key("s1", 1))]);
+        assert!(
+            !reopened
+                .insert_signing_key(signing_key("other", 1))
+                .await
+                .expect("insert"),
+            "the generation is still taken after a restart"
+        );
+        assert_eq!(
+            reopened.insert_signing_key(signing_key("s1", 3)).await,
+            Err(StoreError::DuplicateId)
+        );
+    } else {
+        assert_eq!(keys, vec![], "a non-durable store starts empty");
+    }
+}
+
 async fn key_limit(b: &dyn Backend) {
     let store = b.store();
     let limited = |id: &str, max: u64| NewKey {
@@ -418,6 +456,229 @@ async fn key_ids(b: &dyn Backend) {
     assert_eq!(ids, vec!["k1".to_string(), "k3".to_string()]);
 }
 
+/// A signing key whose timestamps have sub-millisecond parts and whose
+/// bytes are not text, distinct per id.
+fn signing_key(id: &str, generation: u64) -> StoredSigningKey {
+    let micros = |ms: i64, us: i64| at(ms) + chrono::Duration::microseconds(us);
+    StoredSigningKey {
+        id: id.to_string(),
+        generation,
+        public_key_der: [&[0x30, 0x82, 0x00, 0xff][..], id.as_bytes()].concat(),
+        sealed_private_key: [id.as_bytes(), &[0x00, 0x80, 0xfe, 0xff][..]].concat(),
+        created_at: micros(1_800_000_000_456, 789),
+        signs_from: micros(1_800_000_300_456, 999),
+    }
+}
+
+/// `key` as every backend gives it back: timestamps at millisecond
+/// precision.
+fn stored(key: StoredSigningKey) -> StoredSigningKey {
+    let millis = |t: DateTime<Utc>| at(t.timestamp_millis());
+    StoredSigningKey {
+        created_at: millis(key.created_at),
+        signs_from: millis(key.signs_from),
+        ..key
+    }
+}
+
+fn generations(keys: &[StoredSigningKey]) -> Vec<(String, u64)> {
+    keys.iter().map(|k| (k.id.clone(), k.generation)).collect()
+}
+
+async fn signing_keys(b: &dyn Backend) {
+    let store = b.signing();
+    assert_eq!(store.signing_keys().await.expect("list"), vec![]);
+    let first = signing_key("s1", 1);
+    assert!(
+        store
+            .insert_signing_key(first.clone())
+            .await
+            .expect("insert")
+    );
+    let listed = store.signing_keys().await.expect("list");
+    assert_eq!(listed, vec![stored(first.clone())], "every field read back");
+    assert_eq!(listed[0].created_at, at(1_800_000_000_456));
+    assert_eq!(listed[0].signs_from, at(1_800_000_300_456));
+
+    // Another caller rotating to the same generation: not inserted.
+    assert!(
+        !store
+            .insert_signing_key(signing_key("s1-rival", 1))
+            .await
+            .expect("insert")
+    );
+    // The same id again: taken, whatever the generation.
+    assert_eq!(
+        store.insert_signing_key(signing_key("s1", 2)).await,
+        Err(StoreError::DuplicateId)
+    );
+    // Same id and same generation: the generation is checked first, so a
+    // caller retrying its own insert reads the keys again.
+    assert!(
+        !store
+            .insert_signing_key(signing_key("s1", 1))
+            .await
+            .expect("insert")
+    );
+    assert_eq!(
+        store.signing_keys().await.expect("list"),
+        vec![stored(first.clone())],
+        "refused inserts leave nothing"
+    );
+
+    // Oldest generation first, as numbers (10 after 3), whatever the
+    // order of insertion.
+    for (id, generation) in [("s2", 2), ("s10", 10), ("s3", 3)] {
+        assert!(
+            store
+                .insert_signing_key(signing_key(id, generation))
+                .await
+                .expect("insert")
+        );
+    }
+    let listed = store.signing_keys().await.expect("list");
+    assert_eq!(
+        generations(&listed),
+        vec![
+            ("s1".to_string(), 1),
+            ("s2".to_string(), 2),
+            ("s3".to_string(), 3),
+            ("s10".to_string(), 10)
+        ]
+    );
+    assert_eq!(listed[1], stored(signing_key("s2", 2)));
+
+    store.remove_signing_key("s2").await.expect("remove");
+    store
+        .remove_signing_key("s2")
+        .await
+        .expect("removing an absent key is not an error");
+    store.remove_signing_key("never").await.expect("remove");
+    // Ids are exact: no case folding, no prefix match.
+    store.remove_signing_key("S1").await.expect("remove");
+    store.remove_signing_key("s").await.expect("remove");
+    assert_eq!(
+        generations(&store.signing_keys().await.expect("list")),
+        vec![
+            ("s1".to_string(), 1),
+            ("s3".to_string(), 3),
+            ("s10".to_string(), 10)
+        ]
+    );
+    // A removed key's id and generation are free again.
+    assert!(
+        store
+            .insert_signing_key(signing_key("s2", 2))
+            .await
+            .expect("insert")
+    );
+    // Signing keys and machine keys are apart: a machine key may carry a
+    // signing key's id.
+    b.store()
+        .insert(new_key("s1", "bot", "org"))
+        .await
+        .expect("insert a machine key");
+    assert_eq!(store.signing_keys().await.expect("list").len(), 4);
+    // Generations beyond what SQL stores (i64) are refused on every
+    // backend, not wrapped.
+    match store
+        .insert_signing_key(signing_key("huge", u64::MAX))
+        .await
+    {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("huge"), "{why}"),
+        other => panic!("u64::MAX cannot be stored: {other:?}"),
+    }
+    assert_eq!(store.signing_keys().await.expect("list").len(), 4);
+}
+
+/// Twelve callers rotating to the same generation at once: exactly one
+/// inserts, and exactly one key of that generation is stored.
+async fn signing_keys_concurrent_rotation(b: &dyn Backend) {
+    let store = b.signing();
+    for generation in [1, 2] {
+        let tasks: Vec<_> = (0..12)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = format!("g{generation}-{i}");
+                    let inserted = store
+                        .insert_signing_key(signing_key(&id, generation))
+                        .await
+                        .expect("insert");
+                    (id, inserted)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (id, inserted) = t.await.expect("join");
+            if inserted {
+                winners.push(id);
+            }
+        }
+        assert_eq!(winners.len(), 1, "one winner for generation {generation}");
+        let of_generation: Vec<_> = store
+            .signing_keys()
+            .await
+            .expect("list")
+            .into_iter()
+            .filter(|k| k.generation == generation)
+            .collect();
+        assert_eq!(
+            of_generation,
+            vec![stored(signing_key(&winners[0], generation))]
+        );
+    }
+}
+
+/// A row no store would have written makes the store unavailable, with a
+/// message naming the key, never a panic (SQL backends).
+async fn signing_keys_bad_rows(b: &dyn Backend) {
+    let store = b.signing();
+    assert!(
+        store
+            .insert_signing_key(signing_key("negative", 1))
+            .await
+            .expect("insert")
+    );
+    if !b
+        .raw_sql("UPDATE signing_keys SET generation = -1 WHERE id = 'negative'")
+        .await
+    {
+        return;
+    }
+    match store.signing_keys().await {
+        Err(StoreError::Unavailable(why)) => {
+            assert!(why.contains("negative"), "names the key: {why}");
+            assert!(why.contains("generation -1"), "says what is wrong: {why}");
+        }
+        other => panic!("a negative generation must be refused: {other:?}"),
+    }
+    store.remove_signing_key("negative").await.expect("remove");
+    assert!(
+        store
+            .insert_signing_key(signing_key("timeless", 1))
+            .await
+            .expect("insert")
+    );
+    assert!(
+        b.raw_sql(&format!(
+            "UPDATE signing_keys SET created_ms = {} WHERE id = 'timeless'",
+            i64::MAX
+        ))
+        .await
+    );
+    match store.signing_keys().await {
+        Err(StoreError::Unavailable(why)) => {
+            assert!(why.contains("timeless"), "names the key: {why}");
+            assert!(why.contains("created_ms"), "says what is wrong: {why}");
+        }
+        other => panic!("a timestamp out of range must be refused: {other:?}"),
+    }
+    store.remove_signing_key("timeless").await.expect("remove");
+    assert_eq!(store.signing_keys().await.expect("list"), vec![]);
+}
+
 macro_rules! conformance {
     ($name:ident, $open:expr) => {
         mod $name {
@@ -470,6 +731,22 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn persistence() {
                 run(|b| Box::pin(super::persistence(b))).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn signing_keys() {
+                run(|b| Box::pin(super::signing_keys(b))).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn signing_keys_concurrent_rotation() {
+                run(|b| Box::pin(super::signing_keys_concurrent_rotation(b))).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn signing_keys_bad_rows() {
+                run(|b| Box::pin(super::signing_keys_bad_rows(b))).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn signing_key_persistence() {
+                run(|b| Box::pin(super::signing_key_persistence(b))).await;
             }
         }
     };

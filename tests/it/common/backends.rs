@@ -5,16 +5,28 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use jwt_profile::store::{KeyStore, MemoryStore};
+use jwt_profile::store::{KeyStore, MemoryStore, SigningKeyStore};
+
+/// Both store traits every backend implements, as one trait object.
+pub trait Stores: KeyStore + SigningKeyStore {}
+
+impl<S: KeyStore + SigningKeyStore + ?Sized> Stores for S {}
 
 #[async_trait]
 pub trait Backend: Send + Sync {
     /// The store under test.
     fn store(&self) -> Arc<dyn KeyStore>;
+    /// The same store, as the signing keys' store.
+    fn signing(&self) -> Arc<dyn SigningKeyStore>;
     /// A new store over the same storage (a restart).
-    async fn reopen(&self) -> Arc<dyn KeyStore>;
+    async fn reopen(&self) -> Arc<dyn Stores>;
     /// Whether keys survive `reopen`.
     fn durable(&self) -> bool;
+    /// Runs `sql` on the backend's storage directly (to plant rows no store
+    /// would write); `false` when the backend has no SQL.
+    async fn raw_sql(&self, _sql: &str) -> bool {
+        false
+    }
     /// Frees what the backend created.
     async fn cleanup(&self) {}
 }
@@ -26,7 +38,10 @@ impl Backend for Memory {
     fn store(&self) -> Arc<dyn KeyStore> {
         self.0.clone()
     }
-    async fn reopen(&self) -> Arc<dyn KeyStore> {
+    fn signing(&self) -> Arc<dyn SigningKeyStore> {
+        self.0.clone()
+    }
+    async fn reopen(&self) -> Arc<dyn Stores> {
         Arc::new(MemoryStore::new())
     }
     fn durable(&self) -> bool {
@@ -50,7 +65,10 @@ impl Backend for Sqlite {
     fn store(&self) -> Arc<dyn KeyStore> {
         self.store.clone()
     }
-    async fn reopen(&self) -> Arc<dyn KeyStore> {
+    fn signing(&self) -> Arc<dyn SigningKeyStore> {
+        self.store.clone()
+    }
+    async fn reopen(&self) -> Arc<dyn Stores> {
         self.store.close().await;
         Arc::new(
             jwt_profile::store::SqliteStore::open_path(self.dir.path().join("keys.db"))
@@ -59,6 +77,19 @@ impl Backend for Sqlite {
         )
     }
     fn durable(&self) -> bool {
+        true
+    }
+    async fn raw_sql(&self, sql: &str) -> bool {
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(self.dir.path().join("keys.db"));
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("open the file");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&pool)
+            .await
+            .expect("raw SQL");
+        pool.close().await;
         true
     }
 }
@@ -145,7 +176,10 @@ impl Backend for Postgres {
     fn store(&self) -> Arc<dyn KeyStore> {
         self.store.clone()
     }
-    async fn reopen(&self) -> Arc<dyn KeyStore> {
+    fn signing(&self) -> Arc<dyn SigningKeyStore> {
+        self.store.clone()
+    }
+    async fn reopen(&self) -> Arc<dyn Stores> {
         Arc::new(
             jwt_profile::store::PostgresStore::connect_with(
                 self.options.clone(),
@@ -156,6 +190,13 @@ impl Backend for Postgres {
         )
     }
     fn durable(&self) -> bool {
+        true
+    }
+    async fn raw_sql(&self, sql: &str) -> bool {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(self.store.pool())
+            .await
+            .expect("raw SQL");
         true
     }
     async fn cleanup(&self) {
