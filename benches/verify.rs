@@ -373,4 +373,85 @@ fn main() {
         c.final_summary();
     }
     print_ratios(&rt);
+    print_token_figures(&rt);
+}
+
+/// Access tokens: verifying one (signing key and machine key cached, the
+/// cache of checked tokens off) against the RS256 floor on the same token,
+/// interleaved; and what issuing one costs (an RS256 assertion check plus an
+/// RSA-2048 signature), per core.
+fn print_token_figures(rt: &tokio::runtime::Runtime) {
+    use jwt_profile::token::{IssuerSettings, MasterKey, TokenIssuer, TokenRequest};
+    use std::sync::Arc;
+    const ISSUER: &str = "https://auth.example.com";
+    let backend = Arc::new(MemoryStore::new());
+    let store = CachedStore::new(backend.clone());
+    let base = Verifier::new(store.clone(), Validation::new([AUD]));
+    let issuer = rt
+        .block_on(TokenIssuer::open(
+            IssuerSettings::new(ISSUER),
+            backend,
+            MasterKey::generate().expect("master"),
+            &base,
+        ))
+        .expect("issuer");
+    let verifier = base
+        .with_access_tokens(issuer.access_tokens())
+        .without_assertion_cache();
+    let me = Principal::new("bench", "org", "-");
+    let created = rt
+        .block_on(KeyService::new(store).create(&me, None, "bench", CreateKey::default()))
+        .expect("create");
+    let signer = AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer");
+    let now = chrono::Utc::now().timestamp() as u64;
+    let request = TokenRequest::new(signer.sign_at(ISSUER, now, now + 3600).expect("sign"));
+    let token = rt
+        .block_on(issuer.exchange(&request))
+        .expect("token")
+        .access_token;
+    rt.block_on(verifier.verify(&token)).expect("valid");
+    // The floor: aws-lc verifying the same signing input with the signing
+    // key, parsed once (from the published JWK).
+    let jwk = issuer.jwks().keys.remove(0);
+    let floor_key = {
+        use base64::Engine;
+        use rsa::pkcs1::der::Encode;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (n, e) = (
+            b64.decode(&jwk.n).expect("n"),
+            b64.decode(&jwk.e).expect("e"),
+        );
+        let der = rsa::pkcs1::RsaPublicKey {
+            modulus: rsa::pkcs1::UintRef::new(&n).expect("n"),
+            public_exponent: rsa::pkcs1::UintRef::new(&e).expect("e"),
+        }
+        .to_der()
+        .expect("der");
+        ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der).expect("parse")
+    };
+    let (input, sig) = signing_input_and_signature(&token);
+    let r = interleaved(
+        40,
+        || {
+            run(rt, verifier.verify(std::hint::black_box(&token))).expect("valid");
+        },
+        || {
+            floor_key
+                .verify_sig(std::hint::black_box(&input), &sig)
+                .expect("valid")
+        },
+    );
+    print_ratio("access_token_fresh/rs256_floor", "<= 1.10", r);
+    let n = 200;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        rt.block_on(issuer.exchange(std::hint::black_box(&request)))
+            .expect("token");
+    }
+    let per = start.elapsed().as_secs_f64() / f64::from(n);
+    println!(
+        "time token_issue {:.0} us per access token ({:.0} per second on one core)",
+        per * 1e6,
+        1.0 / per
+    );
 }

@@ -67,7 +67,10 @@ async fn access_token(
     let doc: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| format!("{discovery} answered {status}, not JSON: {e}"))?;
     if doc["issuer"] != issuer {
-        return Err(format!("{discovery} names issuer {}, not {issuer:?}", doc["issuer"]));
+        return Err(format!(
+            "{discovery} names issuer {}, not {issuer:?}",
+            doc["issuer"]
+        ));
     }
     let endpoint = doc["token_endpoint"]
         .as_str()
@@ -79,7 +82,10 @@ async fn access_token(
         .append_pair("scope", scope)
         .finish();
     let request = http::Request::post(endpoint)
-        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
         .body(Full::new(Bytes::from(form)))
         .map_err(|e| e.to_string())?;
     let (status, body) = send(client, request).await?;

@@ -184,8 +184,11 @@ async fn whoami(who: Principal) -> Json<Value> {
 
 /// `JWT_PROFILE_TOKEN_LIFETIME`: whole seconds, 600–86400.
 fn token_lifetime(value: &str) -> Result<std::time::Duration, String> {
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
     match value.parse::<u64>() {
-        Ok(secs) if (600..=86_400).contains(&secs) => Ok(std::time::Duration::from_secs(secs)),
+        Ok(secs) if digits && (600..=86_400).contains(&secs) => {
+            Ok(std::time::Duration::from_secs(secs))
+        }
         _ => Err(format!(
             "JWT_PROFILE_TOKEN_LIFETIME={value:?} is not a lifetime; give whole seconds from 600 to 86400"
         )),
@@ -197,9 +200,8 @@ fn token_lifetime(value: &str) -> Result<std::time::Duration, String> {
 /// key could not open them, so it is never made over them.
 async fn master_key(path: &Path, signing: &dyn SigningKeyStore) -> Result<MasterKey, String> {
     match std::fs::metadata(path) {
-        Ok(_) => MasterKey::read_file(path).map_err(|e| {
-            format!("JWT_PROFILE_MASTER_KEY_FILE={}: {e}", path.display())
-        }),
+        Ok(_) => MasterKey::read_file(path)
+            .map_err(|e| format!("JWT_PROFILE_MASTER_KEY_FILE={}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let sealed = signing
                 .signing_keys()
@@ -359,7 +361,10 @@ async fn main() -> ExitCode {
     let issuer_name = setting("JWT_PROFILE_ISSUER", &format!("http://{addr}"));
     let issuer_settings = IssuerSettings::new(issuer_name.clone()).token_lifetime(lifetime);
     if let Err(e) = issuer_settings.validate() {
-        return fail(format!("JWT_PROFILE_ISSUER={issuer_name:?}: {e}"));
+        return fail(format!(
+            "JWT_PROFILE_ISSUER={:?}: {e}",
+            redacted(&issuer_name)
+        ));
     }
 
     let verifier = Verifier::new(store.clone(), Validation::new(audiences.clone()));

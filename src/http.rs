@@ -511,9 +511,28 @@ async fn token(State(api): State<TokenApi>, request: Request) -> Response {
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let answer = match axum::body::to_bytes(body, MAX_TOKEN_REQUEST_BYTES).await {
-        Err(_) => Err(TokenError::InvalidRequest(
-            "request body is larger than 16 KiB or unreadable".into(),
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // A declared length over the limit is refused before any byte is read
+    // (no `100 Continue`); a body that trickles is given 10 seconds.
+    let read = async {
+        if declared.is_some_and(|n| n > MAX_TOKEN_REQUEST_BYTES as u64) {
+            return Err(());
+        }
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            axum::body::to_bytes(body, MAX_TOKEN_REQUEST_BYTES),
+        )
+        .await
+        .map_err(|_| ())?
+        .map_err(|_| ())
+    };
+    let answer = match read.await {
+        Err(()) => Err(TokenError::InvalidRequest(
+            "request body is larger than 16 KiB, unreadable or too slow".into(),
         )),
         Ok(body) => match TokenRequest::from_form(content_type, &body) {
             Ok(request) => api.issuer.exchange(&request).await,

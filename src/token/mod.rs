@@ -43,8 +43,8 @@ mod seal;
 mod signing;
 
 pub use seal::{MASTER_KEY_BYTES, MasterKey, MasterKeyError};
-pub use signing::{Jwk, Jwks};
 pub(crate) use signing::SigningKeys;
+pub use signing::{Jwk, Jwks};
 
 use std::borrow::Cow;
 use std::fmt;
@@ -94,6 +94,7 @@ pub struct IssuerSettings {
     rotation: Duration,
     publish_lead: Duration,
     refresh: Duration,
+    project_audiences: Option<Vec<String>>,
 }
 
 impl IssuerSettings {
@@ -107,7 +108,23 @@ impl IssuerSettings {
             rotation: Duration::from_secs(7 * 86_400),
             publish_lead: Duration::from_secs(6 * 60),
             refresh: Duration::from_secs(30),
+            project_audiences: None,
         }
+    }
+
+    /// Grants the scope `urn:zitadel:iam:org:project:id:<id>:aud` (which
+    /// adds `<id>` to the token's `aud`) only for these ids; other project
+    /// scopes are dropped. Without this list any well-formed id is granted
+    /// to any machine that asks, so a machine can get tokens naming every
+    /// service that trusts this issuer with an id-shaped audience: set it
+    /// when several services share one issuer.
+    pub fn project_audiences<I, S>(mut self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.project_audiences = Some(ids.into_iter().map(Into::into).collect());
+        self
     }
 
     /// The issuer's name.
@@ -154,6 +171,10 @@ impl IssuerSettings {
         let host = rest.split('/').next().unwrap_or_default();
         if host.is_empty() {
             return Err(format!("issuer {i:?} has no host"));
+        }
+        if host.contains('@') {
+            // Not echoed: it may hold a password.
+            return Err("the issuer must not carry a user or password".into());
         }
         if i.ends_with('/') {
             return Err(format!("issuer {i:?} must not end with '/'"));
@@ -564,7 +585,8 @@ impl TokenIssuer {
         if exp <= iat {
             return Err(TokenError::InvalidGrant(Reason::KeyExpired));
         }
-        let (granted, projects) = grant_scopes(request.scope.as_deref());
+        let allowed = inner.settings.project_audiences.as_deref();
+        let (granted, projects) = grant_scopes(request.scope.as_deref(), allowed);
         let mut aud = inner.audiences.clone();
         for p in projects {
             if !aud.contains(&p) {
@@ -612,11 +634,16 @@ impl TokenIssuer {
 
 /// The scopes granted and the project audiences they add: `openid`, and
 /// `urn:zitadel:iam:org:project:id:<id>:aud` (at most
-/// [`MAX_PROJECT_AUDIENCES`]); anything else is dropped. Repeats count once.
-fn grant_scopes(scope: Option<&str>) -> (Vec<String>, Vec<String>) {
+/// [`MAX_PROJECT_AUDIENCES`], and only ids in `allowed` when there is such
+/// a list); anything else is dropped. Repeats count once.
+fn grant_scopes(scope: Option<&str>, allowed: Option<&[String]>) -> (Vec<String>, Vec<String>) {
     let mut granted: Vec<String> = Vec::new();
     let mut projects: Vec<String> = Vec::new();
-    for s in scope.unwrap_or_default().split(' ').filter(|s| !s.is_empty()) {
+    for s in scope
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|s| !s.is_empty())
+    {
         if granted.iter().any(|g| g == s) {
             continue;
         }
@@ -627,6 +654,7 @@ fn grant_scopes(scope: Option<&str>) -> (Vec<String>, Vec<String>) {
             .and_then(|rest| rest.strip_suffix(PROJECT_SCOPE_SUFFIX))
             && crate::key::id_problem(id).is_none()
             && !id.contains(':')
+            && allowed.is_none_or(|list| list.iter().any(|a| a == id))
             && projects.len() < MAX_PROJECT_AUDIENCES
         {
             granted.push(s.to_string());
@@ -642,25 +670,48 @@ mod tests {
 
     #[test]
     fn scopes_keep_openid_and_project_audiences_only() {
-        let (granted, projects) = grant_scopes(Some(
-            "profile urn:zitadel:iam:org:project:id:42:aud openid  openid urn:zitadel:iam:org:project:id::aud email",
-        ));
-        assert_eq!(granted, ["urn:zitadel:iam:org:project:id:42:aud", "openid"]);
-        assert_eq!(projects, ["42"]);
-        assert_eq!(grant_scopes(None), (vec![], vec![]));
+        let asked = "profile urn:zitadel:iam:org:project:id:42:aud openid  openid urn:zitadel:iam:org:project:id::aud email urn:zitadel:iam:org:project:id:7:aud";
+        let (granted, projects) = grant_scopes(Some(asked), None);
+        assert_eq!(
+            granted,
+            [
+                "urn:zitadel:iam:org:project:id:42:aud",
+                "openid",
+                "urn:zitadel:iam:org:project:id:7:aud"
+            ]
+        );
+        assert_eq!(projects, ["42", "7"]);
+        assert_eq!(grant_scopes(None, None), (vec![], vec![]));
+        // With an allow-list only listed ids are granted.
+        let allowed = ["7".to_string()];
+        let (granted, projects) = grant_scopes(Some(asked), Some(&allowed));
+        assert_eq!(granted, ["openid", "urn:zitadel:iam:org:project:id:7:aud"]);
+        assert_eq!(projects, ["7"]);
         let many: Vec<String> = (0..40)
             .map(|i| format!("urn:zitadel:iam:org:project:id:{i}:aud"))
             .collect();
-        let (_, projects) = grant_scopes(Some(&many.join(" ")));
+        let (_, projects) = grant_scopes(Some(&many.join(" ")), None);
         assert_eq!(projects.len(), MAX_PROJECT_AUDIENCES);
     }
 
     #[test]
     fn issuer_names_are_absolute_urls_without_trailing_slash() {
-        for bad in ["", "auth.example.com", "https://", "https://a/", "https://a?x", "ftp://a"] {
+        for bad in [
+            "",
+            "auth.example.com",
+            "https://",
+            "https://a/",
+            "https://a?x",
+            "ftp://a",
+            "http://u:p@a",
+        ] {
             assert!(IssuerSettings::new(bad).check().is_err(), "{bad:?}");
         }
-        for good in ["https://auth.example.com", "http://127.0.0.1:8080", "https://a.example/tenant"] {
+        for good in [
+            "https://auth.example.com",
+            "http://127.0.0.1:8080",
+            "https://a.example/tenant",
+        ] {
             assert!(IssuerSettings::new(good).check().is_ok(), "{good:?}");
         }
         let short = IssuerSettings::new("https://a").token_lifetime(Duration::from_secs(599));
@@ -673,23 +724,45 @@ mod tests {
     fn form_bodies_are_read_strictly() {
         let form = Some("Application/X-WWW-Form-URLEncoded; charset=UTF-8");
         let grant = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
-        let ok = TokenRequest::from_form(form, format!("{grant}&assertion=x&client_id=None&scope=openid+profile").as_bytes());
+        let ok = TokenRequest::from_form(
+            form,
+            format!("{grant}&assertion=x&client_id=None&scope=openid+profile").as_bytes(),
+        );
         assert_eq!(ok.map(|r| r.scope), Ok(Some("openid profile".to_string())));
         let cases: [(Option<&str>, String, &str); 8] = [
-            (Some("application/json"), format!("{grant}&assertion=x"), "invalid_request"),
+            (
+                Some("application/json"),
+                format!("{grant}&assertion=x"),
+                "invalid_request",
+            ),
             (None, format!("{grant}&assertion=x"), "invalid_request"),
             (form, "assertion=x".into(), "invalid_request"),
-            (form, format!("{grant}"), "invalid_request"),
+            (form, grant.to_string(), "invalid_request"),
             (form, format!("{grant}&assertion="), "invalid_request"),
-            (form, format!("{grant}&{grant}&assertion=x"), "invalid_request"),
-            (form, format!("{grant}&assertion=x&scope=a&scope=b"), "invalid_request"),
-            (form, "grant_type=client_credentials&assertion=x".into(), "unsupported_grant_type"),
+            (
+                form,
+                format!("{grant}&{grant}&assertion=x"),
+                "invalid_request",
+            ),
+            (
+                form,
+                format!("{grant}&assertion=x&scope=a&scope=b"),
+                "invalid_request",
+            ),
+            (
+                form,
+                "grant_type=client_credentials&assertion=x".into(),
+                "unsupported_grant_type",
+            ),
         ];
         for (ct, body, error) in cases {
             let got = TokenRequest::from_form(ct, body.as_bytes()).map_err(|e| e.error());
             assert_eq!(got, Err(error), "{ct:?} {body}");
         }
         let big = vec![b'a'; MAX_TOKEN_REQUEST_BYTES + 1];
-        assert_eq!(TokenRequest::from_form(form, &big).map_err(|e| e.error()), Err("invalid_request"));
+        assert_eq!(
+            TokenRequest::from_form(form, &big).map_err(|e| e.error()),
+            Err("invalid_request")
+        );
     }
 }

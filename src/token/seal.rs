@@ -92,9 +92,24 @@ impl MasterKey {
     /// base64 (44 characters; surrounding white space ignored), as secret
     /// stores often hand files out.
     pub fn read_file(path: impl AsRef<Path>) -> Result<MasterKey, MasterKeyError> {
+        use std::io::Read;
         let path = path.as_ref();
-        let content = std::fs::read(path)
-            .map_err(|e| MasterKeyError::Io(format!("cannot read {}: {e}", path.display())))?;
+        let io =
+            |e: std::io::Error| MasterKeyError::Io(format!("cannot read {}: {e}", path.display()));
+        // At most a little more than the longest valid content: a file that
+        // never ends (a device, a pipe) is refused, not read forever.
+        let mut content = Vec::with_capacity(64);
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(256)
+            .read_to_end(&mut content)
+            .map_err(io)?;
+        if content.len() == 256 {
+            return Err(MasterKeyError::Invalid(format!(
+                "{} is longer than a master key (32 raw bytes or their base64)",
+                path.display()
+            )));
+        }
         if content.len() == MASTER_KEY_BYTES {
             return MasterKey::from_bytes(&content);
         }
@@ -131,7 +146,8 @@ impl MasterKey {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let io = |e: std::io::Error| MasterKeyError::Io(format!("cannot write {}: {e}", path.display()));
+        let io =
+            |e: std::io::Error| MasterKeyError::Io(format!("cannot write {}: {e}", path.display()));
         let mut file = options.open(path).map_err(io)?;
         file.write_all(&key.bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
@@ -162,7 +178,8 @@ impl MasterKey {
             return Err(MasterKeyError::WrongKey);
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| MasterKeyError::WrongKey)?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| MasterKeyError::WrongKey)?;
         let mut in_out = rest.to_vec();
         let plain = self
             .aead()?
@@ -196,7 +213,10 @@ mod tests {
         let path = dir.path().join("master-key");
         let key = MasterKey::create_file(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(MasterKey::create_file(&path).is_err(), "never overwrites");
-        assert_eq!(MasterKey::read_file(&path).map(|k| k.to_bytes()), Ok(key.to_bytes()));
+        assert_eq!(
+            MasterKey::read_file(&path).map(|k| k.to_bytes()),
+            Ok(key.to_bytes())
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -206,9 +226,26 @@ mod tests {
         let b64 = dir.path().join("b64");
         let text = base64::engine::general_purpose::STANDARD.encode(key.to_bytes());
         std::fs::write(&b64, format!("{text}\n")).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(MasterKey::read_file(&b64).map(|k| k.to_bytes()), Ok(key.to_bytes()));
+        assert_eq!(
+            MasterKey::read_file(&b64).map(|k| k.to_bytes()),
+            Ok(key.to_bytes())
+        );
+        let long = dir.path().join("long");
+        std::fs::write(&long, vec![b'A'; 10_000]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            MasterKey::read_file(&long),
+            Err(MasterKeyError::Invalid(_))
+        ));
+        #[cfg(unix)]
+        assert!(matches!(
+            MasterKey::read_file("/dev/zero"),
+            Err(MasterKeyError::Invalid(_))
+        ));
         let bad = dir.path().join("bad");
         std::fs::write(&bad, "short").unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(MasterKey::read_file(&bad), Err(MasterKeyError::Invalid(_))));
+        assert!(matches!(
+            MasterKey::read_file(&bad),
+            Err(MasterKeyError::Invalid(_))
+        ));
     }
 }

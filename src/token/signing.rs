@@ -69,8 +69,9 @@ pub(crate) struct LiveKey {
 impl LiveKey {
     fn open(stored: &StoredSigningKey, master: &MasterKey) -> Result<LiveKey, OpenError> {
         let pkcs8 = master.open(&stored.id, &stored.sealed_private_key)?;
-        let signing = aws_lc_rs::rsa::KeyPair::from_pkcs8(&pkcs8)
-            .map_err(|_| OpenError::Damaged(format!("signing key {} is not an RSA key", stored.id)))?;
+        let signing = aws_lc_rs::rsa::KeyPair::from_pkcs8(&pkcs8).map_err(|_| {
+            OpenError::Damaged(format!("signing key {} is not an RSA key", stored.id))
+        })?;
         let public = PublicKey::from_spki_der(&stored.public_key_der)
             .map_err(|e| OpenError::Damaged(format!("signing key {}: {e}", stored.id)))?;
         let verifying = public.parse_for(Algorithm::RS256).ok_or_else(|| {
@@ -316,7 +317,8 @@ impl SigningKeys {
         now: DateTime<Utc>,
         signs_from: DateTime<Utc>,
     ) -> Result<bool, SigningError> {
-        let damaged = |what: &str| SigningError::Damaged(format!("cannot make a signing key: {what}"));
+        let damaged =
+            |what: &str| SigningError::Damaged(format!("cannot make a signing key: {what}"));
         let pair = tokio::task::spawn_blocking(|| {
             aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
         })
@@ -395,7 +397,10 @@ impl SigningKeys {
 
     /// The published key `kid`. An id not held is looked for in the store
     /// (another replica's new key), at most once a second.
-    pub(crate) async fn verifying_key(&self, kid: &str) -> Result<Option<Arc<LiveKey>>, SigningError> {
+    pub(crate) async fn verifying_key(
+        &self,
+        kid: &str,
+    ) -> Result<Option<Arc<LiveKey>>, SigningError> {
         let set = self.set();
         if let Some(k) = set.keys.iter().find(|k| k.id == kid) {
             return Ok(Some(k.clone()));

@@ -51,11 +51,21 @@ impl Verifier {
             return Err(Reason::Algorithm("access tokens are signed with RS256").into());
         }
         let c = parse_claims(segments.payload())?;
-        let iss = required_str(&c.iss, "iss is missing", "iss is not a string", "iss is empty")?;
+        let iss = required_str(
+            &c.iss,
+            "iss is missing",
+            "iss is not a string",
+            "iss is empty",
+        )?;
         if iss != access.issuer {
             return Err(Reason::Issuer.into());
         }
-        let sub = required_str(&c.sub, "sub is missing", "sub is not a string", "sub is empty")?;
+        let sub = required_str(
+            &c.sub,
+            "sub is missing",
+            "sub is not a string",
+            "sub is empty",
+        )?;
         let key_id = required_str(
             &c.key_id,
             "key_id is missing",
@@ -71,7 +81,11 @@ impl Verifier {
         let scopes: Vec<String> = match &c.scope {
             None => Vec::new(),
             Some(StrVal::Other) => return Err(malformed("scope is not a string")),
-            Some(StrVal::Str(s)) => s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+            Some(StrVal::Str(s)) => s
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
         };
         check_audience(&c.aud, v)?;
         time_rules(exp, iat, nbf, v.leeway, None, now_secs)?;

@@ -182,12 +182,42 @@ fn bad_settings_exit_2_with_a_message() {
             ("JWT_PROFILE_ASSERTION_CACHE", "maybe"),
             "JWT_PROFILE_ASSERTION_CACHE",
         ),
-        (("JWT_PROFILE_ISSUER", "auth.example.com"), "JWT_PROFILE_ISSUER"),
-        (("JWT_PROFILE_ISSUER", "https://auth.example.com/"), "JWT_PROFILE_ISSUER"),
-        (("JWT_PROFILE_TOKEN_LIFETIME", "599"), "JWT_PROFILE_TOKEN_LIFETIME"),
-        (("JWT_PROFILE_TOKEN_LIFETIME", "86401"), "JWT_PROFILE_TOKEN_LIFETIME"),
-        (("JWT_PROFILE_TOKEN_LIFETIME", "1h"), "JWT_PROFILE_TOKEN_LIFETIME"),
-        (("JWT_PROFILE_MASTER_KEY_FILE", "a-file/master"), "JWT_PROFILE_MASTER_KEY_FILE"),
+        (
+            ("JWT_PROFILE_ISSUER", "auth.example.com"),
+            "JWT_PROFILE_ISSUER",
+        ),
+        (
+            ("JWT_PROFILE_ISSUER", "https://auth.example.com/"),
+            "JWT_PROFILE_ISSUER",
+        ),
+        (
+            ("JWT_PROFILE_TOKEN_LIFETIME", "599"),
+            "JWT_PROFILE_TOKEN_LIFETIME",
+        ),
+        (
+            ("JWT_PROFILE_TOKEN_LIFETIME", "86401"),
+            "JWT_PROFILE_TOKEN_LIFETIME",
+        ),
+        (
+            ("JWT_PROFILE_TOKEN_LIFETIME", "1h"),
+            "JWT_PROFILE_TOKEN_LIFETIME",
+        ),
+        (
+            ("JWT_PROFILE_TOKEN_LIFETIME", "+700"),
+            "JWT_PROFILE_TOKEN_LIFETIME",
+        ),
+        (
+            ("JWT_PROFILE_ISSUER", "http://user:secret@a.example"),
+            "JWT_PROFILE_ISSUER",
+        ),
+        (
+            ("JWT_PROFILE_MASTER_KEY_FILE", "/dev/zero"),
+            "JWT_PROFILE_MASTER_KEY_FILE",
+        ),
+        (
+            ("JWT_PROFILE_MASTER_KEY_FILE", "a-file/master"),
+            "JWT_PROFILE_MASTER_KEY_FILE",
+        ),
         #[cfg(feature = "redis")]
         (
             ("JWT_PROFILE_REPLAY", "redis://127.0.0.1:1"),
@@ -465,7 +495,15 @@ async fn two_servers_on_one_postgres_database() {
     ];
     let a = start(dir.path(), &env);
     let b_dir = tempfile::tempdir().expect("tempdir");
-    let b = start(b_dir.path(), &env);
+    // Replicas share the master key that seals the signing keys (B would
+    // refuse to start without it: the store holds sealed keys).
+    let master = dir.path().join("master-key");
+    let mut b_env = env.to_vec();
+    b_env.push((
+        "JWT_PROFILE_MASTER_KEY_FILE",
+        master.to_str().expect("path"),
+    ));
+    let b = start(b_dir.path(), &b_env);
     assert!(
         !b_dir.path().join("admin-key.json").exists(),
         "B found the admin key A created"
@@ -554,7 +592,13 @@ async fn two_servers_share_replay_protection_through_redis() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = start(dir.path(), &env);
     let b_dir = tempfile::tempdir().expect("tempdir");
-    let b = start(b_dir.path(), &env);
+    let master = dir.path().join("master-key");
+    let mut b_env = env.to_vec();
+    b_env.push((
+        "JWT_PROFILE_MASTER_KEY_FILE",
+        master.to_str().expect("path"),
+    ));
+    let b = start(b_dir.path(), &b_env);
     let admin = signer_from(&dir.path().join("admin-key.json"));
     let servers = [
         Http::new(a.addr.parse().expect("a")),
@@ -871,7 +915,12 @@ async fn the_token_endpoint_logs_a_machine_in_with_the_settings_read() {
     let whoami = format!("{issuer}/whoami");
     let (ok, token) = machine_login(
         dir.path(),
-        &["--token-endpoint", "--print-token", "admin-key.json", &whoami],
+        &[
+            "--token-endpoint",
+            "--print-token",
+            "admin-key.json",
+            &whoami,
+        ],
     );
     assert!(ok, "{token}");
     let claims: serde_json::Value = serde_json::from_slice(
@@ -880,7 +929,10 @@ async fn the_token_endpoint_logs_a_machine_in_with_the_settings_read() {
             .expect("b64"),
     )
     .expect("json");
-    assert_eq!(claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0), 900);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0),
+        900
+    );
     assert_eq!(claims["iss"], issuer.as_str());
     let (ok, out) = machine_login(dir.path(), &["--token-endpoint", "admin-key.json", &whoami]);
     assert!(ok, "{out}");
@@ -898,7 +950,8 @@ fn a_missing_or_wrong_master_key_over_sealed_keys_refuses_to_start() {
     // Missing: never a new key over sealed ones.
     std::fs::remove_file(&master).expect("rm");
     let mut cmd = Command::new(example("server"));
-    cmd.current_dir(dir.path()).env("JWT_PROFILE_LISTEN", "127.0.0.1:0");
+    cmd.current_dir(dir.path())
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0");
     let (code, stderr) = run_to_exit(cmd, dir.path());
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("missing"), "{stderr}");
@@ -906,14 +959,16 @@ fn a_missing_or_wrong_master_key_over_sealed_keys_refuses_to_start() {
     // Wrong: refused too.
     std::fs::write(&master, [7u8; 32]).expect("write");
     let mut cmd = Command::new(example("server"));
-    cmd.current_dir(dir.path()).env("JWT_PROFILE_LISTEN", "127.0.0.1:0");
+    cmd.current_dir(dir.path())
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0");
     let (code, stderr) = run_to_exit(cmd, dir.path());
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("does not open"), "{stderr}");
     // Not a key at all.
     std::fs::write(&master, "short").expect("write");
     let mut cmd = Command::new(example("server"));
-    cmd.current_dir(dir.path()).env("JWT_PROFILE_LISTEN", "127.0.0.1:0");
+    cmd.current_dir(dir.path())
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0");
     let (code, stderr) = run_to_exit(cmd, dir.path());
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("JWT_PROFILE_MASTER_KEY_FILE"), "{stderr}");

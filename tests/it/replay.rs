@@ -431,8 +431,13 @@ async fn a_remembered_assertion_is_no_pass_for_a_verifier_with_replay_protection
     let open = Verifier::new(store.clone(), Validation::new([AUD]));
     let token = assertion(&signer, json!(random_jti()));
     assert!(open.verify(&token).await.is_ok());
-    assert!(open.verify(&token).await.is_ok(), "a repeat, from the cache");
-    let guarded = open.clone().with_replay_protection(MemoryReplayStore::new());
+    assert!(
+        open.verify(&token).await.is_ok(),
+        "a repeat, from the cache"
+    );
+    let guarded = open
+        .clone()
+        .with_replay_protection(MemoryReplayStore::new());
     assert!(guarded.verify(&token).await.is_ok(), "first use of the jti");
     assert_eq!(
         guarded.verify(&token).await.map_err(|e| e.reason()),

@@ -68,9 +68,14 @@ pub async fn token_replica(
     let store = CachedStore::new(keys);
     let verifier =
         Verifier::new(store.clone(), Validation::new([SERVICE])).with_clock(clock.clone());
-    let issuer = TokenIssuer::open(IssuerSettings::new(&issuer_name), signing, master, &verifier)
-        .await
-        .expect("issuer");
+    let issuer = TokenIssuer::open(
+        IssuerSettings::new(&issuer_name),
+        signing,
+        master,
+        &verifier,
+    )
+    .await
+    .expect("issuer");
     let verifier = verifier.with_access_tokens(issuer.access_tokens());
     let keys = KeyService::new(store.clone())
         .with_clock(clock.clone())
@@ -283,7 +288,9 @@ async fn every_error_row_answers_as_rfc_6749_says() {
     let bot = app.machine("bot").await;
     let good = app.assertion(&bot);
     let now = app.clock.now_unix();
-    let expired = bot.sign_at(&app.issuer_name, now - 7200, now - 3600).expect("sign");
+    let expired = bot
+        .sign_at(&app.issuer_name, now - 7200, now - 3600)
+        .expect("sign");
     let wrong_aud = bot.sign_at(SERVICE, now, now + 300).expect("sign");
     let mut forged = good.clone();
     forged.truncate(forged.len() - 4);
@@ -291,21 +298,99 @@ async fn every_error_row_answers_as_rfc_6749_says() {
     let big = format!("grant_type={GRANT}&assertion={}", "a".repeat(17 * 1024));
     let g = format!("grant_type={GRANT}");
     let cases: Vec<(&str, String, u16, &str, &str)> = vec![
-        ("text/plain", format!("{g}&assertion={good}"), 400, "invalid_request", "Content-Type"),
-        ("application/json", format!("{g}&assertion={good}"), 400, "invalid_request", "Content-Type"),
-        (FORM, format!("assertion={good}"), 400, "invalid_request", "grant_type is missing"),
-        (FORM, g.clone(), 400, "invalid_request", "assertion is missing"),
-        (FORM, format!("{g}&{g}&assertion={good}"), 400, "invalid_request", "grant_type is given more than once"),
-        (FORM, format!("{g}&assertion={good}&assertion={good}"), 400, "invalid_request", "assertion is given more than once"),
-        (FORM, format!("{g}&assertion={good}&scope=openid&scope=openid"), 400, "invalid_request", "scope is given more than once"),
+        (
+            "text/plain",
+            format!("{g}&assertion={good}"),
+            400,
+            "invalid_request",
+            "Content-Type",
+        ),
+        (
+            "application/json",
+            format!("{g}&assertion={good}"),
+            400,
+            "invalid_request",
+            "Content-Type",
+        ),
+        (
+            FORM,
+            format!("assertion={good}"),
+            400,
+            "invalid_request",
+            "grant_type is missing",
+        ),
+        (
+            FORM,
+            g.clone(),
+            400,
+            "invalid_request",
+            "assertion is missing",
+        ),
+        (
+            FORM,
+            format!("{g}&{g}&assertion={good}"),
+            400,
+            "invalid_request",
+            "grant_type is given more than once",
+        ),
+        (
+            FORM,
+            format!("{g}&assertion={good}&assertion={good}"),
+            400,
+            "invalid_request",
+            "assertion is given more than once",
+        ),
+        (
+            FORM,
+            format!("{g}&assertion={good}&scope=openid&scope=openid"),
+            400,
+            "invalid_request",
+            "scope is given more than once",
+        ),
         (FORM, big, 400, "invalid_request", "16 KiB"),
-        (FORM, format!("grant_type=client_credentials&assertion={good}"), 400, "unsupported_grant_type", "jwt-bearer"),
-        (FORM, format!("{g}&assertion={expired}"), 400, "invalid_grant", "token expired"),
-        (FORM, format!("{g}&assertion={wrong_aud}"), 400, "invalid_grant", "audience not accepted"),
-        (FORM, format!("{g}&assertion={forged}"), 400, "invalid_grant", "invalid signature"),
-        (FORM, format!("{g}&assertion=not.a.token"), 400, "invalid_grant", "not canonical base64url"),
+        (
+            FORM,
+            format!("grant_type=client_credentials&assertion={good}"),
+            400,
+            "unsupported_grant_type",
+            "jwt-bearer",
+        ),
+        (
+            FORM,
+            format!("{g}&assertion={expired}"),
+            400,
+            "invalid_grant",
+            "token expired",
+        ),
+        (
+            FORM,
+            format!("{g}&assertion={wrong_aud}"),
+            400,
+            "invalid_grant",
+            "audience not accepted",
+        ),
+        (
+            FORM,
+            format!("{g}&assertion={forged}"),
+            400,
+            "invalid_grant",
+            "invalid signature",
+        ),
+        (
+            FORM,
+            format!("{g}&assertion=not.a.token"),
+            400,
+            "invalid_grant",
+            "not canonical base64url",
+        ),
         // Python's library sends client_id=None; unknown parameters are ignored.
-        ("Application/X-WWW-Form-Urlencoded; charset=UTF-8", format!("{g}&assertion={good}&client_id=None&x=1"), 200, "", ""),
+        (
+            "Application/X-WWW-Form-Urlencoded; charset=UTF-8",
+            format!("{g}&assertion={good}&client_id=None&x=1"),
+            200,
+            "",
+            "",
+        ),
     ];
     for (content_type, body, status, error, description) in cases {
         let answer = app
@@ -316,7 +401,11 @@ async fn every_error_row_answers_as_rfc_6749_says() {
             .send()
             .await;
         let shown = &body[..body.len().min(80)];
-        assert_eq!(answer.status, status, "{content_type} {shown}: {:?}", answer.body);
+        assert_eq!(
+            answer.status, status,
+            "{content_type} {shown}: {:?}",
+            answer.body
+        );
         assert_eq!(answer.header("cache-control"), "no-store", "{shown}");
         assert_eq!(answer.header("pragma"), "no-cache", "{shown}");
         if status != 200 {
@@ -330,7 +419,14 @@ async fn every_error_row_answers_as_rfc_6749_says() {
     let answer = app.http.get("/oauth/v2/token").send().await;
     assert_eq!(answer.status, 405);
     // Garbage never answers 500.
-    for body in ["%", "%%%%", "=&=&", "assertion", "grant_type=%FF%FE&assertion=%00", "\u{0}\u{1}"] {
+    for body in [
+        "%",
+        "%%%%",
+        "=&=&",
+        "assertion",
+        "grant_type=%FF%FE&assertion=%00",
+        "\u{0}\u{1}",
+    ] {
         let answer = app.exchange_body(body).await;
         assert_eq!(answer.status, 400, "{body:?}");
     }
@@ -371,7 +467,10 @@ async fn scopes_grant_openid_and_project_audiences_only() {
         .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     let body = answer.json();
-    assert_eq!(body["scope"], "urn:zitadel:iam:org:project:id:4711:aud openid");
+    assert_eq!(
+        body["scope"],
+        "urn:zitadel:iam:org:project:id:4711:aud openid"
+    );
     let token = body["access_token"].as_str().expect("token");
     let (_, claims) = parts(token);
     assert_eq!(claims["aud"], json!([SERVICE, "4711"]));
@@ -414,7 +513,10 @@ async fn an_independent_library_checks_access_tokens_through_the_jwks() {
     let jwks = answer.json();
     for key in jwks["keys"].as_array().expect("keys") {
         for private in ["d", "p", "q", "dp", "dq", "qi"] {
-            assert!(key.get(private).is_none(), "private part {private} published");
+            assert!(
+                key.get(private).is_none(),
+                "private part {private} published"
+            );
         }
         assert_eq!(key["kty"], "RSA");
         assert_eq!(key["use"], "sig");
@@ -423,7 +525,9 @@ async fn an_independent_library_checks_access_tokens_through_the_jwks() {
     }
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).expect("a JWK set");
     let header = jsonwebtoken::decode_header(&token).expect("header");
-    let jwk = set.find(header.kid.as_deref().expect("kid")).expect("published");
+    let jwk = set
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("published");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key");
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&[SERVICE]);
@@ -511,8 +615,14 @@ async fn removing_a_machine_key_revokes_its_access_tokens_on_postgres_replicas()
     // Replica B accepts replica A's token (same signing keys), and caches it.
     let tok_b = jsonwebtoken::decode_header(&token).expect("header");
     assert!(tok_b.kid.is_some());
-    assert_eq!(app_b.verifier.verify(&token).await.map(|p| p.user_id), Ok("bot".into()));
-    assert_eq!(app_b.verifier.verify(&token).await.map(|p| p.user_id), Ok("bot".into()));
+    assert_eq!(
+        app_b.verifier.verify(&token).await.map(|p| p.user_id),
+        Ok("bot".into())
+    );
+    assert_eq!(
+        app_b.verifier.verify(&token).await.map(|p| p.user_id),
+        Ok("bot".into())
+    );
     let me = Principal::new("bot", ORG, "-");
     app_a
         .keys
@@ -525,7 +635,10 @@ async fn removing_a_machine_key_revokes_its_access_tokens_on_postgres_replicas()
         if app_b.verifier.verify(&token).await.is_err() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(1), "B still accepts after 1 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "B still accepts after 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     crate::common::backends::drop_schema(&schema).await;
@@ -541,12 +654,12 @@ async fn signing_keys_rotate_on_schedule() {
     };
     let first = app.access_token(&bot).await;
     let k1 = kid(&first);
-    assert_eq!(published(&app), [k1.clone()]);
+    assert_eq!(published(&app), vec![k1.clone()]);
     // Six minutes before the hand-over the next key is published, not used.
     let week = 7 * 86_400;
     app.clock.advance_secs(week - 6 * 60 - 1);
     app.issuer.maintain().await.expect("maintain");
-    assert_eq!(published(&app), [k1.clone()], "too early");
+    assert_eq!(published(&app), vec![k1.clone()], "too early");
     app.clock.advance_secs(2);
     app.issuer.maintain().await.expect("maintain");
     let keys = published(&app);
@@ -565,14 +678,22 @@ async fn signing_keys_rotate_on_schedule() {
     app.issuer.maintain().await.expect("maintain");
     let after = app.access_token(&bot).await;
     assert_eq!(kid(&after), k2);
-    assert_eq!(app.whoami(&before).await.status, 200, "k1's token still accepted");
+    assert_eq!(
+        app.whoami(&before).await.status,
+        200,
+        "k1's token still accepted"
+    );
     assert_eq!(app.whoami(&after).await.status, 200);
     assert_eq!(published(&app), [k1.clone(), k2.clone()]);
     // Token lifetime + leeway after the hand-over, k1 leaves the JWKS.
     app.clock.advance_secs(3600 + 60);
     app.issuer.maintain().await.expect("maintain");
-    assert_eq!(published(&app), [k2.clone()]);
-    assert_eq!(app.whoami(&before).await.status, 401, "expired with its key");
+    assert_eq!(published(&app), vec![k2.clone()]);
+    assert_eq!(
+        app.whoami(&before).await.status,
+        401,
+        "expired with its key"
+    );
     assert_eq!(app.whoami(&after).await.status, 401, "expired too (1 h)");
     assert_eq!(app.whoami(&app.access_token(&bot).await).await.status, 200);
 }
@@ -624,7 +745,10 @@ async fn a_wrong_master_key_is_refused_and_nothing_is_replaced() {
     )
     .await;
     let before = app.issuer.jwks();
-    let verifier = Verifier::new(CachedStore::new(backend.clone()), Validation::new([SERVICE]));
+    let verifier = Verifier::new(
+        CachedStore::new(backend.clone()),
+        Validation::new([SERVICE]),
+    );
     let wrong = TokenIssuer::open(
         IssuerSettings::new("http://127.0.0.1:1"),
         backend.clone(),
@@ -632,11 +756,19 @@ async fn a_wrong_master_key_is_refused_and_nothing_is_replaced() {
         &verifier,
     )
     .await;
-    assert!(matches!(wrong, Err(IssuerError::WrongMasterKey)), "{wrong:?}");
+    assert!(
+        matches!(wrong, Err(IssuerError::WrongMasterKey)),
+        "{wrong:?}"
+    );
     assert_eq!(backend.signing_keys().await.expect("keys").len(), 1);
-    let right = TokenIssuer::open(IssuerSettings::new("http://127.0.0.1:1"), backend, master, &verifier)
-        .await
-        .expect("the right key opens");
+    let right = TokenIssuer::open(
+        IssuerSettings::new("http://127.0.0.1:1"),
+        backend,
+        master,
+        &verifier,
+    )
+    .await
+    .expect("the right key opens");
     assert_eq!(right.jwks(), before);
 }
 
@@ -675,8 +807,12 @@ async fn hostile_access_tokens_are_refused() {
     };
     let foreign = other
         .exchange(&jwt_profile::token::TokenRequest::new(
-            bot.sign_at("https://evil.example", app.clock.now_unix(), app.clock.now_unix() + 300)
-                .expect("sign"),
+            bot.sign_at(
+                "https://evil.example",
+                app.clock.now_unix(),
+                app.clock.now_unix() + 300,
+            )
+            .expect("sign"),
         ))
         .await
         .expect("foreign token")
@@ -692,7 +828,9 @@ async fn hostile_access_tokens_are_refused() {
         .expect("sign");
     let with_kid_of_signing_key = bot
         .sign_parts(
-            json!({"alg": "RS256", "typ": "at+jwt", "kid": kid}).to_string().as_bytes(),
+            json!({"alg": "RS256", "typ": "at+jwt", "kid": kid})
+                .to_string()
+                .as_bytes(),
             claims.to_string().as_bytes(),
         )
         .expect("sign");
@@ -703,19 +841,73 @@ async fn hostile_access_tokens_are_refused() {
     let mut long_lived = claims.clone();
     long_lived["exp"] = json!(253402300799u64);
     let cases: Vec<(&str, String, &str)> = vec![
-        ("alg none, no signature", format!("{}.", unsigned(&json!({"alg":"none","typ":"at+jwt","kid":kid}), &claims)), "TOKEN-malformed"),
-        ("alg none", resigned(&json!({"alg":"none","typ":"at+jwt","kid":kid}), &claims), "TOKEN-algorithm"),
-        ("alg HS256", resigned(&json!({"alg":"HS256","typ":"at+jwt","kid":kid}), &claims), "TOKEN-algorithm"),
-        ("alg PS256", resigned(&json!({"alg":"PS256","typ":"at+jwt","kid":kid}), &claims), "TOKEN-algorithm"),
-        ("alg ES256", resigned(&json!({"alg":"ES256","typ":"at+jwt","kid":kid}), &claims), "TOKEN-algorithm"),
-        ("assertion dressed as access token", as_access, "TOKEN-unknown-key"),
-        ("machine key signs with the signing key's kid", with_kid_of_signing_key, "TOKEN-bad-signature"),
-        ("forged kid", resigned(&json!({"alg":"RS256","typ":"at+jwt","kid":"made-up"}), &claims), "TOKEN-unknown-key"),
-        ("sub changed", resigned(&header, &other_user), "TOKEN-bad-signature"),
-        ("aud changed", resigned(&header, &other_aud), "TOKEN-audience"),
-        ("exp changed", resigned(&header, &long_lived), "TOKEN-bad-signature"),
+        (
+            "alg none, no signature",
+            format!(
+                "{}.",
+                unsigned(&json!({"alg":"none","typ":"at+jwt","kid":kid}), &claims)
+            ),
+            "TOKEN-malformed",
+        ),
+        (
+            "alg none",
+            resigned(&json!({"alg":"none","typ":"at+jwt","kid":kid}), &claims),
+            "TOKEN-algorithm",
+        ),
+        (
+            "alg HS256",
+            resigned(&json!({"alg":"HS256","typ":"at+jwt","kid":kid}), &claims),
+            "TOKEN-algorithm",
+        ),
+        (
+            "alg PS256",
+            resigned(&json!({"alg":"PS256","typ":"at+jwt","kid":kid}), &claims),
+            "TOKEN-algorithm",
+        ),
+        (
+            "alg ES256",
+            resigned(&json!({"alg":"ES256","typ":"at+jwt","kid":kid}), &claims),
+            "TOKEN-algorithm",
+        ),
+        (
+            "assertion dressed as access token",
+            as_access,
+            "TOKEN-unknown-key",
+        ),
+        (
+            "machine key signs with the signing key's kid",
+            with_kid_of_signing_key,
+            "TOKEN-bad-signature",
+        ),
+        (
+            "forged kid",
+            resigned(
+                &json!({"alg":"RS256","typ":"at+jwt","kid":"made-up"}),
+                &claims,
+            ),
+            "TOKEN-unknown-key",
+        ),
+        (
+            "sub changed",
+            resigned(&header, &other_user),
+            "TOKEN-bad-signature",
+        ),
+        (
+            "aud changed",
+            resigned(&header, &other_aud),
+            "TOKEN-audience",
+        ),
+        (
+            "exp changed",
+            resigned(&header, &long_lived),
+            "TOKEN-bad-signature",
+        ),
         ("another issuer", foreign, "TOKEN-issuer"),
-        ("typ removed", resigned(&json!({"alg":"RS256","kid":kid}), &claims), "TOKEN-iss-sub"),
+        (
+            "typ removed",
+            resigned(&json!({"alg":"RS256","kid":kid}), &claims),
+            "TOKEN-iss-sub",
+        ),
     ];
     for (name, hostile, id) in cases {
         let answer = app.whoami(&hostile).await;
@@ -726,7 +918,47 @@ async fn hostile_access_tokens_are_refused() {
     let answer = app.exchange(&token, None).await;
     assert_eq!(answer.status, 400);
     assert_eq!(answer.json()["error"], "invalid_grant");
-    assert_eq!(answer.json()["error_description"], "token type not accepted here");
+    assert_eq!(
+        answer.json()["error_description"],
+        "token type not accepted here"
+    );
     // The genuine token still works.
     assert_eq!(app.whoami(&token).await.status, 200);
+}
+
+/// A declared body over 16 KiB is refused before it is sent (no `100
+/// Continue`), and a body that never arrives is given up on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_stalled_bodies_are_refused_without_waiting_for_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = token_app().await;
+    let addr = app.http.base.trim_start_matches("http://").to_string();
+    let ask = |head: String| {
+        let addr = addr.clone();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            tcp.write_all(head.as_bytes()).await.expect("write");
+            let mut answer = vec![0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut answer))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            String::from_utf8_lossy(&answer[..n]).to_string()
+        }
+    };
+    let huge = ask(format!(
+        "POST /oauth/v2/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {FORM}\r\nContent-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n"
+    ))
+    .await;
+    assert!(huge.starts_with("HTTP/1.1 400"), "{huge}");
+    assert!(huge.contains("invalid_request"), "{huge}");
+    let started = std::time::Instant::now();
+    let stalled = ask(format!(
+        "POST /oauth/v2/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {FORM}\r\nContent-Length: 16000\r\n\r\ngrant_type="
+    ))
+    .await;
+    assert!(stalled.starts_with("HTTP/1.1 400"), "{stalled}");
+    assert!(started.elapsed() < Duration::from_secs(14));
 }
