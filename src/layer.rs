@@ -41,6 +41,32 @@ use crate::principal::Principal;
 use crate::verify::{Reason, Verifier, VerifyError};
 
 type RejectionHook = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
+type OutcomeHook = dyn Fn(&Outcome<'_>) + Send + Sync;
+
+/// What the layer decided for one request, as passed to
+/// [`JwtProfileLayer::on_outcome`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outcome<'a> {
+    /// The token was valid: the request goes on with this principal.
+    Accepted(&'a Principal),
+    /// The request was refused (no credentials, a bad token, or the store
+    /// could not be asked); [`Rejection::kind`] says which.
+    Refused(&'a Rejection),
+}
+
+impl Outcome<'_> {
+    /// The reason a token was refused, when it was.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Outcome::Refused(r) => match r.kind() {
+                RejectionKind::InvalidToken(reason) => Some(*reason),
+                _ => None,
+            },
+            Outcome::Accepted(_) => None,
+        }
+    }
+}
 
 #[derive(Clone)]
 struct Options {
@@ -48,6 +74,7 @@ struct Options {
     header: HeaderName,
     realm: String,
     on_rejection: Option<Arc<RejectionHook>>,
+    on_outcome: Option<Arc<OutcomeHook>>,
 }
 
 /// Validates JWT-profile assertions in front of any tower service (axum,
@@ -84,6 +111,7 @@ impl JwtProfileLayer {
                 header: AUTHORIZATION,
                 realm: "jwt-profile".to_string(),
                 on_rejection: None,
+                on_outcome: None,
             }),
         }
     }
@@ -127,6 +155,34 @@ impl JwtProfileLayer {
         hook: impl Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
     ) -> Self {
         self.options_mut().on_rejection = Some(Arc::new(hook));
+        self
+    }
+}
+
+impl JwtProfileLayer {
+    /// Calls `hook` with every decision: accepted (with the
+    /// [`Principal`]) or refused (with the [`Rejection`]), for applications
+    /// that count or log in their own way. Requests let through without
+    /// credentials by [`optional`](Self::optional) are no decision and do
+    /// not call it. The hook runs on the request's task: keep it quick.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use jwt_profile::{JwtProfileLayer, Outcome, Validation, Verifier};
+    /// use jwt_profile::store::{CachedStore, MemoryStore};
+    /// let refused = Arc::new(AtomicU64::new(0));
+    /// let counter = refused.clone();
+    /// let verifier = Verifier::new(CachedStore::new(MemoryStore::new()), Validation::new(["aud"]));
+    /// let layer = JwtProfileLayer::new(verifier).on_outcome(move |outcome| {
+    ///     if let Outcome::Refused(_) = outcome {
+    ///         counter.fetch_add(1, Ordering::Relaxed);
+    ///     }
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn on_outcome(mut self, hook: impl Fn(&Outcome<'_>) + Send + Sync + 'static) -> Self {
+        self.options_mut().on_outcome = Some(Arc::new(hook));
         self
     }
 }
@@ -417,6 +473,9 @@ where
 }
 
 fn render<B>(options: &Options, rejection: &Rejection) -> Response<ResponseBody<B>> {
+    if let Some(hook) = &options.on_outcome {
+        hook(&Outcome::Refused(rejection));
+    }
     let res = match &options.on_rejection {
         Some(hook) => hook(rejection),
         None => rejection.default_response(),
@@ -441,6 +500,9 @@ where
                             let (Some(mut svc), Some(mut req)) = (svc.take(), req.take()) else {
                                 panic!("ResponseFuture polled after completion");
                             };
+                            if let Some(hook) = &this.options.on_outcome {
+                                hook(&Outcome::Accepted(&principal));
+                            }
                             req.extensions_mut().insert(principal);
                             let fut = svc.call(req);
                             this.state.set(State::Calling { fut });

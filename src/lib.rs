@@ -71,6 +71,7 @@ mod principal;
 pub mod replay;
 mod service;
 pub mod store;
+mod telemetry;
 pub mod token;
 mod verify;
 
@@ -85,7 +86,7 @@ pub use key::{
 };
 pub use key_file::{AssertionSigner, DEFAULT_ASSERTION_LIFETIME_SECS, KEY_FILE_TYPE, KeyFile};
 pub use layer::{
-    JwtProfile, JwtProfileLayer, Rejection, RejectionKind, ResponseBody, ResponseFuture,
+    JwtProfile, JwtProfileLayer, Outcome, Rejection, RejectionKind, ResponseBody, ResponseFuture,
 };
 pub use principal::{MissingPrincipal, Principal, TokenKind};
 pub use service::{CreateKey, CreatedKey, DEFAULT_LIST_LIMIT, KeyService, MAX_LIST_LIMIT};

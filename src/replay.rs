@@ -208,6 +208,7 @@ impl ReplayStore for MemoryReplayStore {
         }
         seen.until.insert(key.clone(), until);
         seen.expiry.push(Reverse((until, key)));
+        crate::telemetry::replay_size(seen.until.len(), self.capacity);
         Ok(true)
     }
 }

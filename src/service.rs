@@ -264,7 +264,7 @@ impl KeyService {
     }
 
     /// Creates a key for `user_id` in the target organization.
-    pub async fn create(
+    async fn create_op(
         &self,
         caller: &Principal,
         target_org: Option<&str>,
@@ -329,7 +329,7 @@ impl KeyService {
     }
 
     /// Reads one key of `user_id` in the target organization.
-    pub async fn get(
+    async fn get_op(
         &self,
         caller: &Principal,
         target_org: Option<&str>,
@@ -349,7 +349,7 @@ impl KeyService {
     }
 
     /// Lists `user_id`'s keys in the target organization.
-    pub async fn list(
+    async fn list_op(
         &self,
         caller: &Principal,
         target_org: Option<&str>,
@@ -380,7 +380,7 @@ impl KeyService {
 
     /// Removes a key of `user_id` in the target organization. From then on
     /// no assertion signed with it is accepted by this process.
-    pub async fn remove(
+    async fn remove_op(
         &self,
         caller: &Principal,
         target_org: Option<&str>,
@@ -403,6 +403,101 @@ impl KeyService {
             change_date: now,
             resource_owner: removed.resource_owner,
         })
+    }
+}
+
+/// The public key operations: each runs its rules and reports its outcome
+/// (a metric with feature `metrics`; an INFO audit event on target
+/// `jwt_profile::audit` for create and remove, naming caller, action,
+/// user, key id, organization and outcome — never key material).
+impl KeyService {
+    /// Creates a key for `user_id` in the target organization (`target_org`,
+    /// else the caller's own): the user's own public key, or a generated
+    /// RSA-2048 pair whose key file is returned once.
+    pub async fn create(
+        &self,
+        caller: &Principal,
+        target_org: Option<&str>,
+        user_id: &str,
+        request: CreateKey,
+    ) -> Result<CreatedKey, Error> {
+        let result = self.create_op(caller, target_org, user_id, request).await;
+        let key_id = result.as_ref().ok().map(|c| c.key.id.as_str());
+        let org = target_org.unwrap_or(&caller.org_id);
+        crate::telemetry::key_operation(
+            "create",
+            caller,
+            org,
+            user_id,
+            key_id,
+            result.as_ref().map(|_| ()),
+        );
+        result
+    }
+
+    /// Reads one key of `user_id` in the target organization.
+    pub async fn get(
+        &self,
+        caller: &Principal,
+        target_org: Option<&str>,
+        user_id: &str,
+        key_id: &str,
+    ) -> Result<MachineKey, Error> {
+        let result = self.get_op(caller, target_org, user_id, key_id).await;
+        let org = target_org.unwrap_or(&caller.org_id);
+        crate::telemetry::key_operation(
+            "get",
+            caller,
+            org,
+            user_id,
+            Some(key_id),
+            result.as_ref().map(|_| ()),
+        );
+        result
+    }
+
+    /// Lists `user_id`'s keys in the target organization.
+    pub async fn list(
+        &self,
+        caller: &Principal,
+        target_org: Option<&str>,
+        user_id: &str,
+        request: ListQuery,
+    ) -> Result<KeyPage, Error> {
+        let result = self.list_op(caller, target_org, user_id, request).await;
+        let org = target_org.unwrap_or(&caller.org_id);
+        crate::telemetry::key_operation(
+            "list",
+            caller,
+            org,
+            user_id,
+            None,
+            result.as_ref().map(|_| ()),
+        );
+        result
+    }
+
+    /// Removes a key of `user_id` in the target organization. From then on
+    /// nothing signed with it — no assertion, no access token issued for
+    /// one — is accepted by this process.
+    pub async fn remove(
+        &self,
+        caller: &Principal,
+        target_org: Option<&str>,
+        user_id: &str,
+        key_id: &str,
+    ) -> Result<Details, Error> {
+        let result = self.remove_op(caller, target_org, user_id, key_id).await;
+        let org = target_org.unwrap_or(&caller.org_id);
+        crate::telemetry::key_operation(
+            "remove",
+            caller,
+            org,
+            user_id,
+            Some(key_id),
+            result.as_ref().map(|_| ()),
+        );
+        result
     }
 }
 

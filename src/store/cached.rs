@@ -423,12 +423,19 @@ struct WeakCachedStore {
 #[async_trait]
 impl KeyLookup for CachedStore {
     async fn lookup(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError> {
+        use crate::telemetry::{CacheResult, key_cache};
         if self.stalled.load(Ordering::Acquire) {
+            key_cache(CacheResult::Miss);
             return self.lookup_uncached(key_id).await;
         }
         if let Some(hit) = self.cache.get(key_id).await {
+            key_cache(match hit {
+                Some(_) => CacheResult::Hit,
+                None => CacheResult::NegativeHit,
+            });
             return Ok(hit);
         }
+        key_cache(CacheResult::Miss);
         let listing = self.directory.listing(key_id);
         if listing != Listing::Listed
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -456,6 +463,10 @@ impl KeyLookup for CachedStore {
                 Ok::<_, StoreError>(Op::Put(found.map(|k| Arc::new(VerifyingKey::new(k)))))
             })
             .await?;
+        crate::telemetry::key_cache_size(
+            self.cache.entry_count(),
+            self.cache.policy().max_capacity().unwrap_or_default(),
+        );
         Ok(match outcome {
             CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
                 e.into_value()

@@ -623,10 +623,12 @@ impl TokenIssuer {
             .ok_or_else(|| TokenError::Unavailable("signing failed".into()))?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        let expires_in = u64::try_from(exp - iat).unwrap_or_default();
+        crate::telemetry::token_issued(&principal, &signer.id, &scope, expires_in);
         Ok(TokenResponse {
             access_token: token,
             token_type: "Bearer",
-            expires_in: u64::try_from(exp - iat).unwrap_or_default(),
+            expires_in,
             scope,
         })
     }

@@ -206,7 +206,57 @@ impl Verifier {
     /// must belong to, and spare the store and the signature check for
     /// tokens that cannot pass anyway. Which rules a token breaks never
     /// depends on the order; only which one is reported first.
+    ///
+    /// Each verification runs in a `jwt_profile.verify` span (INFO) with the
+    /// fields `enduser.id`, `jwt_profile.org_id`, `jwt_profile.key_id`,
+    /// `jwt_profile.kind` (`assertion` or `access_token`) and, on refusal,
+    /// `error.type` (the reason's stable id); a refusal is one DEBUG event,
+    /// never louder, so a flood of bad tokens cannot flood the logs. The
+    /// token itself is never recorded.
     pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        use tracing::Instrument;
+        use tracing::field::Empty;
+        let span = tracing::info_span!(
+            "jwt_profile.verify",
+            enduser.id = Empty,
+            jwt_profile.org_id = Empty,
+            jwt_profile.key_id = Empty,
+            jwt_profile.kind = Empty,
+            error.type = Empty,
+        );
+        let started = std::time::Instant::now();
+        let mut kind = TokenKind::Assertion;
+        let result = self
+            .verify_token(token, &mut kind)
+            .instrument(span.clone())
+            .await;
+        span.record("jwt_profile.kind", kind.as_str());
+        match &result {
+            Ok(p) => {
+                span.record("enduser.id", p.user_id.as_str());
+                span.record("jwt_profile.org_id", p.org_id.as_str());
+                span.record("jwt_profile.key_id", p.key_id.as_str());
+            }
+            Err(VerifyError::Invalid(reason)) => {
+                span.record("error.type", reason.id());
+                tracing::debug!(parent: &span, error.type = reason.id(), reason = reason.description(), "token refused");
+            }
+            Err(VerifyError::Unavailable(why)) => {
+                span.record("error.type", "STORE-unavailable");
+                tracing::debug!(parent: &span, error.type = "STORE-unavailable", %why, "token not checked: store unavailable");
+            }
+        }
+        crate::telemetry::verification(kind, &result, started.elapsed());
+        result
+    }
+
+    /// The rules, in order; `kind` is set as soon as the token says which
+    /// kind it is.
+    async fn verify_token(
+        &self,
+        token: &str,
+        kind: &mut TokenKind,
+    ) -> Result<Principal, VerifyError> {
         let v = &self.inner.validation;
         // Size, before any decoding.
         if token.len() > v.max_token_bytes {
@@ -214,12 +264,13 @@ impl Verifier {
         }
         let now = self.inner.clock.now();
         let now_secs = now.timestamp_micros() as f64 / 1e6;
-        if let Some(principal) = self.repeat(token, now, now_secs).await? {
+        if let Some(principal) = self.repeat(token, now, now_secs, kind).await? {
             return Ok(principal);
         }
         let segments = form(token)?;
         let (alg, kid, typ) = header(segments.header(), v)?;
         if typ == Typ::AccessToken {
+            *kind = TokenKind::AccessToken;
             let Some(access) = &self.inner.access else {
                 return Err(Reason::TokenType.into());
             };
@@ -274,6 +325,7 @@ impl Verifier {
         token: &str,
         now: DateTime<Utc>,
         now_secs: f64,
+        kind: &mut TokenKind,
     ) -> Result<Option<Principal>, VerifyError> {
         let Some(checked) = self.inner.checked.as_ref() else {
             return Ok(None);
@@ -284,6 +336,7 @@ impl Verifier {
         // With replay protection on, a repeated assertion is a replay: the
         // full check (which uses up its jti) decides, whatever a cache
         // shared with a verifier without replay protection holds.
+        *kind = hit.kind;
         let assertion = hit.kind == TokenKind::Assertion;
         if assertion && self.inner.replay.is_some() {
             return Ok(None);
