@@ -33,7 +33,10 @@ pub use access::AccessTokens;
 pub use reason::{Reason, VerifyError};
 pub use validation::Validation;
 
-use checked::{CheckedAssertion, DEFAULT_ASSERTION_CACHE_ENTRIES, assertion_cache};
+use checked::{
+    AssertionCache, CheckedAssertion, DEFAULT_ASSERTION_CACHE_ENTRIES, TokenKey, TokenRef,
+    assertion_cache,
+};
 use json::{AudVal, NumVal, RawClaims, StrVal, parse_claims, parse_header};
 use validation::MAX_NUMERIC_DATE;
 
@@ -44,7 +47,6 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use moka::future::Cache;
 
 use crate::clock::{Clock, SystemClock};
 use crate::key::Algorithm;
@@ -64,7 +66,7 @@ struct Inner {
     keys: Arc<dyn KeyLookup>,
     validation: Validation,
     clock: Arc<dyn Clock>,
-    checked: Option<Cache<String, Arc<CheckedAssertion>>>,
+    checked: Option<AssertionCache>,
     replay: Option<Arc<dyn ReplayStore>>,
     /// Access tokens accepted beside assertions, when configured.
     access: Option<AccessTokens>,
@@ -330,7 +332,7 @@ impl Verifier {
         let Some(checked) = self.inner.checked.as_ref() else {
             return Ok(None);
         };
-        let Some(hit) = checked.get(token).await else {
+        let Some(hit) = checked.get(&TokenRef(token)).await else {
             return Ok(None);
         };
         // With replay protection on, a repeated assertion is a replay: the
@@ -354,7 +356,7 @@ impl Verifier {
             }
             return Ok(Some(hit.principal.clone()));
         }
-        checked.invalidate(token).await;
+        checked.invalidate(&TokenRef(token)).await;
         Ok(None)
     }
 
@@ -432,7 +434,7 @@ impl Verifier {
         if entry.lifetime.is_zero() {
             return;
         }
-        cache.insert(token.to_owned(), Arc::new(entry)).await;
+        cache.insert(TokenKey::new(token), Arc::new(entry)).await;
     }
 }
 
