@@ -368,6 +368,17 @@ fn credentials(value: Option<&HeaderValue>, scheme_required: bool) -> Credential
     }
 }
 
+/// What kind of refusal a verification error is.
+fn rejection_kind(e: VerifyError) -> RejectionKind {
+    match e {
+        VerifyError::Invalid(reason) => RejectionKind::InvalidToken(reason),
+        VerifyError::Unavailable(why) => {
+            tracing::warn!(%why, "key store unavailable during verification");
+            RejectionKind::StoreUnavailable
+        }
+    }
+}
+
 type VerifyFuture = Pin<Box<dyn Future<Output = Result<Principal, VerifyError>> + Send>>;
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for JwtProfile<S>
@@ -402,22 +413,48 @@ where
                 )),
             },
             Credentials::Token { value, start } => {
-                // The service that was driven to readiness is the one that
-                // must be called; keep it and leave a clone in its place
-                // (see tower's guide on `Service::call` and cloning).
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
                 let verifier = self.verifier.clone();
-                let verify: VerifyFuture = Box::pin(async move {
+                let mut verify: VerifyFuture = Box::pin(async move {
                     let token = std::str::from_utf8(&value.as_bytes()[start..]).map_err(|_| {
                         VerifyError::Invalid(Reason::Malformed("token is not ASCII"))
                     })?;
                     verifier.verify(token.trim_end_matches([' ', '\t'])).await
                 });
-                State::Verifying {
-                    verify,
-                    svc: Some(ready),
-                    req: Some(req),
+                // On a key-cache hit the verification is ready at its first
+                // poll: then the inner service, driven ready by
+                // `poll_ready`, is called here and needs no clone. A future
+                // that must wait registers the real waker when the response
+                // future polls it again (only the latest poll's waker counts).
+                match verify
+                    .as_mut()
+                    .poll(&mut Context::from_waker(std::task::Waker::noop()))
+                {
+                    Poll::Ready(Ok(principal)) => {
+                        req.extensions_mut().insert(principal);
+                        State::Calling {
+                            fut: self.inner.call(req),
+                        }
+                    }
+                    Poll::Ready(Err(e)) => State::Rejected {
+                        rejection: Some(Rejection::new(
+                            rejection_kind(e),
+                            grpc.clone(),
+                            &options.realm,
+                        )),
+                    },
+                    Poll::Pending => {
+                        // The service that was driven to readiness is the one
+                        // that must be called; keep it and leave a clone in
+                        // its place (see tower's guide on `Service::call` and
+                        // cloning).
+                        let clone = self.inner.clone();
+                        let ready = std::mem::replace(&mut self.inner, clone);
+                        State::Verifying {
+                            verify,
+                            svc: Some(ready),
+                            req: Some(req),
+                        }
+                    }
                 }
             }
         };
@@ -508,11 +545,7 @@ where
                             this.state.set(State::Calling { fut });
                             continue;
                         }
-                        Err(VerifyError::Invalid(reason)) => RejectionKind::InvalidToken(reason),
-                        Err(VerifyError::Unavailable(why)) => {
-                            tracing::warn!(%why, "key store unavailable during verification");
-                            RejectionKind::StoreUnavailable
-                        }
+                        Err(e) => rejection_kind(e),
                     };
                     let rejection = Rejection::new(kind, this.grpc.take(), &this.options.realm);
                     return Poll::Ready(Ok(render(this.options, &rejection)));
