@@ -39,7 +39,6 @@ use jwt_profile::token::{IssuerError, IssuerSettings, MasterKey, TokenIssuer};
 use jwt_profile::{
     CreateKey, ErrorKind, JwtProfileLayer, KeyFile, KeyService, Principal, Validation, Verifier,
 };
-use serde_json::{Value, json};
 
 #[cfg(feature = "sqlite")]
 const DEFAULT_STORE: &str = "sqlite://jwt-profile.db";
@@ -171,15 +170,30 @@ async fn open_store(url: &str) -> Result<Stores, String> {
     ))
 }
 
-async fn whoami(who: Principal) -> Json<Value> {
-    Json(json!({
-        "userId": who.user_id,
-        "orgId": who.org_id,
-        "keyId": who.key_id,
-        "expiresAt": who.expires_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        "kind": who.kind.as_str(),
-        "scopes": who.scopes,
-    }))
+/// The body of `/whoami`, serialized straight from the principal's fields
+/// (no `serde_json::Value` map built per request), members sorted.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WhoAmI<'a> {
+    expires_at: String,
+    key_id: &'a str,
+    kind: &'static str,
+    org_id: &'a str,
+    scopes: &'a [String],
+    user_id: &'a str,
+}
+
+async fn whoami(who: Principal) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    Json(WhoAmI {
+        expires_at: who.expires_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        key_id: &who.key_id,
+        kind: who.kind.as_str(),
+        org_id: &who.org_id,
+        scopes: &who.scopes,
+        user_id: &who.user_id,
+    })
+    .into_response()
 }
 
 /// `JWT_PROFILE_TOKEN_LIFETIME`: whole seconds, 600–86400.
