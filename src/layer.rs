@@ -430,6 +430,9 @@ where
                     .poll(&mut Context::from_waker(std::task::Waker::noop()))
                 {
                     Poll::Ready(Ok(principal)) => {
+                        if let Some(hook) = &options.on_outcome {
+                            hook(&Outcome::Accepted(&principal));
+                        }
                         req.extensions_mut().insert(principal);
                         State::Calling {
                             fut: self.inner.call(req),

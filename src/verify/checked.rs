@@ -135,6 +135,8 @@ mod tests {
                 exp: 0.0,
                 iat: 0.0,
                 nbf: None,
+                kind: crate::principal::TokenKind::Assertion,
+                last_valid: 0.0,
                 lifetime: Duration::from_secs(60),
             })
         };
