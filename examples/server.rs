@@ -15,11 +15,13 @@
 //! | `JWT_PROFILE_ISSUER` | `http://<listen address>` | the token endpoint's issuer: an absolute URL without a trailing slash |
 //! | `JWT_PROFILE_MASTER_KEY_FILE` | `master-key` | 32 bytes (raw or base64) sealing the token-signing keys; created (mode 0600) only when missing and the store holds no signing key |
 //! | `JWT_PROFILE_TOKEN_LIFETIME` | `3600` | access-token lifetime in seconds, 600–86400 |
+//! | `JWT_PROFILE_LOG_FORMAT` | `text` | logs on stderr: `text` (human-readable) or `json`; the level comes from `RUST_LOG` (default `info`) |
 //!
 //! An empty variable means its default. A value the server cannot use is a
 //! message on stderr and exit code 2, never a silent default.
 //!
-//! Run it with `cargo run --example server`. Built with `--features grpc`, it
+//! Run it with `cargo run --example server`. Built with `--features
+//! metrics` it also serves `GET /metrics` (Prometheus text format). Built with `--features grpc`, it
 //! also serves `jwtprofile.v1.MachineKeyService` (gRPC and gRPC-web) on the
 //! same address.
 
@@ -305,8 +307,75 @@ async fn bootstrap_admin(
     Ok(())
 }
 
+/// Logs on stderr (stdout carries the `listening on` line): human-readable
+/// or JSON, at the level `RUST_LOG` names (default `info`).
+fn init_logs(format: &str) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        "text" => logs.init(),
+        "json" => logs.json().init(),
+        other => {
+            return Err(format!(
+                "JWT_PROFILE_LOG_FORMAT={other:?}: use text or json"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// With `metrics`: a Prometheus recorder for every `jwt_profile_*` metric,
+/// rendered at `GET /metrics`.
+#[cfg(feature = "metrics")]
+fn metrics_route() -> Result<Router, String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("jwt_profile_verification_duration_seconds".into()),
+            &[
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
+        )
+        .map_err(|e| format!("metrics: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+            }
+        }),
+    ))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    if let Err(e) = init_logs(&setting("JWT_PROFILE_LOG_FORMAT", "text")) {
+        return fail(e);
+    }
+    #[cfg(feature = "metrics")]
+    let metrics = match metrics_route() {
+        Ok(route) => route,
+        Err(e) => return fail(e),
+    };
     let listen = setting("JWT_PROFILE_LISTEN", "127.0.0.1:8080");
     let store_url = setting("JWT_PROFILE_STORE", DEFAULT_STORE);
     let admin_user = setting("JWT_PROFILE_ADMIN_USER", "admin");
@@ -485,6 +554,8 @@ async fn main() -> ExitCode {
             }),
         )
         .merge(protected);
+    #[cfg(feature = "metrics")]
+    let app = app.merge(metrics);
     // With `grpc`: the proto file, for generating clients (grpcurl's -proto).
     #[cfg(feature = "grpc")]
     let app = app.route(

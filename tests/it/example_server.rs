@@ -976,3 +976,89 @@ fn a_missing_or_wrong_master_key_over_sealed_keys_refuses_to_start() {
     std::fs::write(&master, STANDARD.encode(&original)).expect("write");
     drop(start(dir.path(), &[]));
 }
+
+/// JSON logs on stderr (stdout keeps the `listening on` line) and, with the
+/// `metrics` feature, `/metrics` in the Prometheus text format.
+#[tokio::test]
+async fn json_logs_and_prometheus_metrics_from_the_running_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("server.log");
+    let mut cmd = Command::new(example("server"));
+    cmd.current_dir(dir.path())
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
+        .env("JWT_PROFILE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = cmd.spawn().expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let server = Server { child, addr };
+    let http = Http::new(server.addr.parse().expect("addr"));
+    let whoami = format!("http://{}/whoami", server.addr);
+    let (ok, _) = machine_login(dir.path(), &["admin-key.json", &whoami]);
+    assert!(ok);
+    let (ok, _) = machine_login(dir.path(), &["--token-endpoint", "admin-key.json", &whoami]);
+    assert!(ok);
+    assert_eq!(
+        http.call(Method::GET, "/whoami", "x.y.z", &[], "")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["target"] == "jwt_profile::audit" && e["fields"]["action"] == "create"),
+        "{text}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["action"] == "issue_token"),
+        "{text}"
+    );
+    #[cfg(feature = "metrics")]
+    {
+        let answer = http.send(Method::GET, "/metrics", &[], "").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let body = String::from_utf8(answer.body.to_vec()).expect("utf8");
+        let samples = crate::observability::parse_prometheus(&body);
+        let count = |kind: &str, outcome: &str| -> f64 {
+            samples
+                .iter()
+                .filter(|(n, l, _)| {
+                    n == "jwt_profile_verifications_total"
+                        && l.get("kind").map(String::as_str) == Some(kind)
+                        && l.get("outcome").map(String::as_str) == Some(outcome)
+                })
+                .map(|(_, _, v)| *v)
+                .sum()
+        };
+        assert!(count("assertion", "accepted") >= 2.0, "{body}");
+        assert!(count("access_token", "accepted") >= 1.0, "{body}");
+        assert!(count("assertion", "refused") >= 1.0, "{body}");
+        assert!(
+            body.contains("# TYPE jwt_profile_verification_duration_seconds histogram"),
+            "{body}"
+        );
+        assert!(
+            samples
+                .iter()
+                .any(|(n, _, v)| n == "jwt_profile_tokens_issued_total" && *v >= 1.0)
+        );
+    }
+}

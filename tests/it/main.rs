@@ -12,6 +12,7 @@ mod key_api;
 mod keys;
 mod layer;
 mod model;
+mod observability;
 mod openapi;
 mod postgres;
 mod properties;
