@@ -427,6 +427,31 @@ fn main() {
     }
     print_ratios(&rt);
     print_token_figures(&rt);
+    #[cfg(feature = "metrics")]
+    print_metrics_cost(&rt);
+}
+
+/// With the `metrics` feature: the fresh RS256 path with a Prometheus
+/// recorder installed (thread-locally, for side A only) against the same
+/// path with none, interleaved.
+#[cfg(feature = "metrics")]
+fn print_metrics_cost(rt: &tokio::runtime::Runtime) {
+    let (fresh_only, _, cases, _) = setup(rt);
+    let rs = &cases[0];
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let r = interleaved(
+        40,
+        || {
+            metrics::with_local_recorder(&recorder, || {
+                run(rt, fresh_only.verify(std::hint::black_box(&rs.token))).expect("valid");
+            })
+        },
+        || {
+            run(rt, fresh_only.verify(std::hint::black_box(&rs.token))).expect("valid");
+        },
+    );
+    print_ratio("rs256_fresh_with_recorder/rs256_fresh", "<= 1.03", r);
+    assert!(recorder.handle().render().contains("jwt_profile_verifications_total"));
 }
 
 /// Access tokens: verifying one (signing key and machine key cached, the
