@@ -451,7 +451,12 @@ fn print_metrics_cost(rt: &tokio::runtime::Runtime) {
         },
     );
     print_ratio("rs256_fresh_with_recorder/rs256_fresh", "<= 1.03", r);
-    assert!(recorder.handle().render().contains("jwt_profile_verifications_total"));
+    assert!(
+        recorder
+            .handle()
+            .render()
+            .contains("jwt_profile_verifications_total")
+    );
 }
 
 /// Access tokens: verifying one (signing key and machine key cached, the

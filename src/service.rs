@@ -423,15 +423,7 @@ impl KeyService {
     ) -> Result<CreatedKey, Error> {
         let result = self.create_op(caller, target_org, user_id, request).await;
         let key_id = result.as_ref().ok().map(|c| c.key.id.as_str());
-        let org = target_org.unwrap_or(&caller.org_id);
-        crate::telemetry::key_operation(
-            "create",
-            caller,
-            org,
-            user_id,
-            key_id,
-            result.as_ref().map(|_| ()),
-        );
+        report("create", caller, target_org, user_id, key_id, &result);
         result
     }
 
@@ -444,15 +436,7 @@ impl KeyService {
         key_id: &str,
     ) -> Result<MachineKey, Error> {
         let result = self.get_op(caller, target_org, user_id, key_id).await;
-        let org = target_org.unwrap_or(&caller.org_id);
-        crate::telemetry::key_operation(
-            "get",
-            caller,
-            org,
-            user_id,
-            Some(key_id),
-            result.as_ref().map(|_| ()),
-        );
+        report("get", caller, target_org, user_id, Some(key_id), &result);
         result
     }
 
@@ -465,15 +449,7 @@ impl KeyService {
         request: ListQuery,
     ) -> Result<KeyPage, Error> {
         let result = self.list_op(caller, target_org, user_id, request).await;
-        let org = target_org.unwrap_or(&caller.org_id);
-        crate::telemetry::key_operation(
-            "list",
-            caller,
-            org,
-            user_id,
-            None,
-            result.as_ref().map(|_| ()),
-        );
+        report("list", caller, target_org, user_id, None, &result);
         result
     }
 
@@ -488,17 +464,30 @@ impl KeyService {
         key_id: &str,
     ) -> Result<Details, Error> {
         let result = self.remove_op(caller, target_org, user_id, key_id).await;
-        let org = target_org.unwrap_or(&caller.org_id);
-        crate::telemetry::key_operation(
-            "remove",
-            caller,
-            org,
-            user_id,
-            Some(key_id),
-            result.as_ref().map(|_| ()),
-        );
+        report("remove", caller, target_org, user_id, Some(key_id), &result);
         result
     }
+}
+
+/// Reports a key operation's outcome (the target organization: the one
+/// asked for, else the caller's).
+fn report<T>(
+    action: &'static str,
+    caller: &Principal,
+    target_org: Option<&str>,
+    user_id: &str,
+    key_id: Option<&str>,
+    result: &Result<T, Error>,
+) {
+    let org = target_org.unwrap_or(&caller.org_id);
+    crate::telemetry::key_operation(
+        action,
+        caller,
+        org,
+        user_id,
+        key_id,
+        result.as_ref().map(|_| ()),
+    );
 }
 
 /// Key ids like ZITADEL's: decimal, about 18 digits, increasing with time.

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::checked::CheckedAssertion;
 use super::json::{StrVal, parse_claims};
 use super::{
-    Reason, Segments, Verifier, VerifyError, check_audience, malformed, required_date,
+    Reason, Segments, Verifier, VerifyError, check_audience, dates, issuer_and_subject, malformed,
     required_str, time_rules, to_datetime,
 };
 use crate::key::Algorithm;
@@ -51,33 +51,17 @@ impl Verifier {
             return Err(Reason::Algorithm("access tokens are signed with RS256").into());
         }
         let c = parse_claims(segments.payload())?;
-        let iss = required_str(
-            &c.iss,
-            "iss is missing",
-            "iss is not a string",
-            "iss is empty",
-        )?;
+        let (iss, sub) = issuer_and_subject(&c)?;
         if iss != access.issuer {
             return Err(Reason::Issuer.into());
         }
-        let sub = required_str(
-            &c.sub,
-            "sub is missing",
-            "sub is not a string",
-            "sub is empty",
-        )?;
         let key_id = required_str(
             &c.key_id,
             "key_id is missing",
             "key_id is not a string",
             "key_id is empty",
         )?;
-        let exp = required_date(c.exp, "exp is missing", "exp is not a valid NumericDate")?;
-        let iat = required_date(c.iat, "iat is missing", "iat is not a valid NumericDate")?;
-        let nbf = c
-            .nbf
-            .map(|n| required_date(Some(n), "", "nbf is not a valid NumericDate"))
-            .transpose()?;
+        let (exp, iat, nbf) = dates(&c)?;
         let scopes: Vec<String> = match &c.scope {
             None => Vec::new(),
             Some(StrVal::Other) => return Err(malformed("scope is not a string")),

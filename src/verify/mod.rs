@@ -599,31 +599,11 @@ fn check_claims<'a>(
     v: &Validation,
     now: f64,
 ) -> Result<Checked<'a>, VerifyError> {
-    let iss = required_str(
-        &c.iss,
-        "iss is missing",
-        "iss is not a string",
-        "iss is empty",
-    )?;
-    let sub = required_str(
-        &c.sub,
-        "sub is missing",
-        "sub is not a string",
-        "sub is empty",
-    )?;
+    let (iss, sub) = issuer_and_subject(c)?;
     if iss != sub {
         return Err(Reason::IssuerSubject.into());
     }
-    let exp = required_date(c.exp, "exp is missing", "exp is not a valid NumericDate")?;
-    let iat = required_date(c.iat, "iat is missing", "iat is not a valid NumericDate")?;
-    let nbf = match c.nbf {
-        None => None,
-        Some(n) => Some(required_date(
-            Some(n),
-            "",
-            "nbf is not a valid NumericDate",
-        )?),
-    };
+    let (exp, iat, nbf) = dates(c)?;
     check_audience(&c.aud, v)?;
     check_times(exp, iat, nbf, v, now)?;
     let jti = match &c.jti {
@@ -655,6 +635,34 @@ fn check_audience(aud: &Option<AudVal<'_>>, v: &Validation) -> Result<(), Verify
     } else {
         Err(Reason::Audience.into())
     }
+}
+
+/// `iss` and `sub`: present, non-empty strings.
+fn issuer_and_subject<'a>(c: &'a RawClaims<'_>) -> Result<(&'a str, &'a str), VerifyError> {
+    let iss = required_str(
+        &c.iss,
+        "iss is missing",
+        "iss is not a string",
+        "iss is empty",
+    )?;
+    let sub = required_str(
+        &c.sub,
+        "sub is missing",
+        "sub is not a string",
+        "sub is empty",
+    )?;
+    Ok((iss, sub))
+}
+
+/// `exp` and `iat` (required) and `nbf` (optional): valid NumericDates.
+fn dates(c: &RawClaims<'_>) -> Result<(f64, f64, Option<f64>), VerifyError> {
+    let exp = required_date(c.exp, "exp is missing", "exp is not a valid NumericDate")?;
+    let iat = required_date(c.iat, "iat is missing", "iat is not a valid NumericDate")?;
+    let nbf = c
+        .nbf
+        .map(|n| required_date(Some(n), "", "nbf is not a valid NumericDate"))
+        .transpose()?;
+    Ok((exp, iat, nbf))
 }
 
 /// The time rules of an assertion, with leeway L: now < exp + L,
