@@ -483,3 +483,52 @@ async fn hostile_tokens_are_refused_with_401() {
         "bot"
     );
 }
+
+/// `on_outcome` sees every decision, over real HTTP: accepted with the
+/// principal, refused with the reason, missing credentials refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_outcome_sees_every_decision() {
+    use std::sync::{Arc, Mutex};
+    let s = setup().await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let layer = JwtProfileLayer::new(s.verifier.clone()).on_outcome(move |outcome| {
+        let line = match outcome {
+            jwt_profile::Outcome::Accepted(p) => format!("accepted {}", p.user_id),
+            jwt_profile::Outcome::Refused(r) => match outcome.reason() {
+                Some(reason) => format!("refused {}", reason.id()),
+                None => format!("refused {:?}", r.kind()),
+            },
+            _ => "other".to_string(),
+        };
+        log.lock().expect("lock").push(line);
+    });
+    let app = Router::new()
+        .route("/", get(|p: Principal| async move { p.user_id }))
+        .layer(layer);
+    let http = Http::new(serve(app).await);
+    let token = s.bot.sign(AUD).expect("sign");
+    assert_eq!(
+        http.get("/").token(&token).send().await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get("/").token(&token).send().await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get("/").token("a.b.c").send().await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(http.get("/").send().await.status, StatusCode::UNAUTHORIZED);
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen,
+        [
+            "accepted bot".to_string(),
+            "accepted bot".to_string(),
+            "refused TOKEN-malformed".to_string(),
+            "refused MissingCredentials".to_string(),
+        ]
+    );
+}
