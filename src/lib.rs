@@ -5,7 +5,7 @@
 //! a JWT signed by the machine — an RFC 7523 "JWT profile" assertion, as
 //! ZITADEL's client libraries and key files make them.
 //!
-//! The crate gives you three parts that work together:
+//! The crate gives you four parts that work together:
 //!
 //! 1. **Key operations** — [`KeyService`] (create, get, list, remove machine
 //!    keys, with expiration dates, organizations and a permission
@@ -15,6 +15,16 @@
 //!    [`Verifier`] and hands your handlers a [`Principal`].
 //! 3. **A pluggable [`KeyStore`](store::KeyStore)** with a cache
 //!    ([`CachedStore`](store::CachedStore)) in front.
+//! 4. **A token endpoint** — [`TokenIssuer`](token::TokenIssuer) exchanges
+//!    assertions for access tokens (RFC 7523 §2.1), with discovery and
+//!    JWKS, so ZITADEL's client libraries log in unchanged; the verifier
+//!    accepts those access tokens too
+//!    ([`Verifier::with_access_tokens`]).
+//!
+//! Operators get a `jwt_profile.verify` span per verification, audit
+//! events for key changes and issued tokens, and (feature `metrics`)
+//! counters and histograms through the `metrics` facade; see the README's
+//! "Observability".
 //!
 //! ## Quick start (axum)
 //!

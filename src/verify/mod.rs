@@ -55,7 +55,8 @@ use crate::replay::{MAX_JTI_BYTES, ReplayStore};
 use crate::store::{KeyLookup, StoreError};
 
 /// Validates JWT-profile assertions against the keys of a [`KeyLookup`]
-/// (normally a [`CachedStore`](crate::store::CachedStore)). Cheap to clone.
+/// (normally a [`CachedStore`](crate::store::CachedStore)) and, when given
+/// [`AccessTokens`], the access tokens of a token issuer. Cheap to clone.
 #[derive(Clone)]
 pub struct Verifier {
     inner: Arc<Inner>,
