@@ -160,11 +160,67 @@ fn scripted_run() -> Run {
     })
 }
 
+thread_local! {
+    /// Where this thread's spans and events go, while a test captures.
+    static SINK: std::cell::RefCell<Option<CaptureLayer>> = const { std::cell::RefCell::new(None) };
+}
+
+/// One global subscriber for the whole test binary, routing to the
+/// capturing thread's sink. (A scoped `with_default` subscriber races with
+/// other tests' threads over tracing's cached per-callsite interest: a
+/// callsite first hit on a thread with no subscriber can be cached as
+/// "never" while a capturing test runs.)
+struct Route;
+
+impl<S> tracing_subscriber::Layer<S> for Route
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        a: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: Context<'_, S>,
+    ) {
+        SINK.with(|s| {
+            if let Some(l) = &*s.borrow() {
+                l.on_new_span(a, id, cx);
+            }
+        });
+    }
+    fn on_record(&self, id: &tracing::span::Id, v: &tracing::span::Record<'_>, cx: Context<'_, S>) {
+        SINK.with(|s| {
+            if let Some(l) = &*s.borrow() {
+                l.on_record(id, v, cx);
+            }
+        });
+    }
+    fn on_event(&self, e: &tracing::Event<'_>, cx: Context<'_, S>) {
+        SINK.with(|s| {
+            if let Some(l) = &*s.borrow() {
+                l.on_event(e, cx);
+            }
+        });
+    }
+    fn on_close(&self, id: tracing::span::Id, cx: Context<'_, S>) {
+        SINK.with(|s| {
+            if let Some(l) = &*s.borrow() {
+                tracing_subscriber::Layer::<S>::on_close(l, id, cx);
+            }
+        });
+    }
+}
+
 fn captured_run() -> (Run, Vec<Record>) {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Route));
+    });
     let capture = Capture::default();
     let spans = Arc::new(Spans(Mutex::new(BTreeMap::new())));
-    let subscriber = tracing_subscriber::registry().with(CaptureLayer(capture.clone(), spans));
-    let run = tracing::subscriber::with_default(subscriber, scripted_run);
+    SINK.with(|s| *s.borrow_mut() = Some(CaptureLayer(capture.clone(), spans)));
+    let run = scripted_run();
+    SINK.with(|s| *s.borrow_mut() = None);
     let records = capture.0.lock().expect("lock").clone();
     (run, records)
 }
