@@ -211,7 +211,8 @@ where
     }
 }
 
-fn captured_run() -> (Run, Vec<Record>) {
+/// Runs `f` on this thread and returns every span and event it produced.
+fn capture<T>(f: impl FnOnce() -> T) -> (Vec<Record>, T) {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Route));
@@ -219,9 +220,14 @@ fn captured_run() -> (Run, Vec<Record>) {
     let capture = Capture::default();
     let spans = Arc::new(Spans(Mutex::new(BTreeMap::new())));
     SINK.with(|s| *s.borrow_mut() = Some(CaptureLayer(capture.clone(), spans)));
-    let run = scripted_run();
+    let out = f();
     SINK.with(|s| *s.borrow_mut() = None);
     let records = capture.0.lock().expect("lock").clone();
+    (records, out)
+}
+
+fn captured_run() -> (Run, Vec<Record>) {
+    let (records, run) = capture(scripted_run);
     (run, records)
 }
 
@@ -464,4 +470,58 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, BTreeMap<String, String>, f6
         out.push((name, labels, value));
     }
     out
+}
+
+/// A store that cannot be asked: the span says `STORE-unavailable`, the
+/// metric says `unavailable`, and nothing is logged above DEBUG.
+#[test]
+fn an_unavailable_store_shows_as_unavailable() {
+    let outage = crate::common::Outage::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (store, token) = rt.block_on(async {
+        let store = CachedStore::new(outage.clone());
+        let signer = crate::common::machine(&KeyService::new(store.clone()), "bot").await;
+        (store, signer.sign(AUD).expect("sign"))
+    });
+    outage.set_down(true);
+    let verifier = Verifier::new(store, Validation::new([AUD])).without_assertion_cache();
+    let verify = || {
+        rt.block_on(async {
+            let result = verifier.verify(&token).await;
+            assert!(
+                matches!(result, Err(jwt_profile::VerifyError::Unavailable(_))),
+                "{result:?}"
+            );
+        })
+    };
+    // Traces.
+    let (records, ()) = capture(verify);
+    let span = records
+        .iter()
+        .find(|r| r.span && r.name == "jwt_profile.verify")
+        .expect("a span");
+    assert_eq!(
+        span.fields.get("error.type").map(String::as_str),
+        Some("STORE-unavailable")
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.span || r.level >= tracing::Level::DEBUG)
+    );
+    // Metrics.
+    #[cfg(feature = "metrics")]
+    {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, verify);
+        let text = handle.render();
+        assert!(
+            text.contains(r#"jwt_profile_verifications_total{kind="assertion",outcome="unavailable",error_type=""} 1"#),
+            "{text}"
+        );
+    }
 }
