@@ -235,7 +235,7 @@ async fn master_key(path: &Path, signing: &dyn SigningKeyStore) -> Result<Master
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
             let key = MasterKey::create_file(path).map_err(|e| e.to_string())?;
-            eprintln!(
+            tracing::info!(
                 "created master key {} (mode 0600): keep it; the token-signing keys are sealed with it",
                 path.display()
             );
@@ -248,12 +248,15 @@ async fn master_key(path: &Path, signing: &dyn SigningKeyStore) -> Result<Master
     }
 }
 
-fn write_key_file(path: &Path, file: &KeyFile) -> std::io::Result<()> {
+/// Opens (creating, mode 0600) the file the admin key file goes to — before
+/// the key is made, so a path that cannot be written leaves no key behind
+/// that nobody holds.
+fn open_key_file(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let mut out = std::fs::OpenOptions::new()
+    let out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
@@ -261,6 +264,10 @@ fn write_key_file(path: &Path, file: &KeyFile) -> std::io::Result<()> {
         .open(path)?;
     // `mode` only applies to a new file; an old one may have been wider.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(out)
+}
+
+fn write_key_file(mut out: std::fs::File, file: &KeyFile) -> std::io::Result<()> {
     out.write_all(&file.to_json())?;
     out.write_all(b"\n")
 }
@@ -283,12 +290,14 @@ async fn bootstrap_admin(
         .map_err(|e| format!("cannot list the admin's keys: {e}"))?;
     let now = Utc::now();
     if page.keys.iter().any(|k| k.expiration_date > now) {
-        eprintln!(
+        tracing::info!(
             "admin user {:?} has a valid key; not creating one",
             admin.user_id
         );
         return Ok(());
     }
+    let out =
+        open_key_file(key_file).map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
     let created = keys
         .create(admin, None, &admin.user_id, CreateKey::default())
         .await
@@ -296,9 +305,8 @@ async fn bootstrap_admin(
     let file = created
         .key_file
         .ok_or_else(|| "the admin key was created without a key file".to_string())?;
-    write_key_file(key_file, &file)
-        .map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
-    eprintln!(
+    write_key_file(out, &file).map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
+    tracing::info!(
         "created key {} for admin user {:?}; key file written to {} (mode 0600)",
         file.key_id,
         admin.user_id,
@@ -421,12 +429,12 @@ async fn main() -> ExitCode {
         Ok((keys, signing)) => (CachedStore::new(keys), signing),
         Err(e) => return fail(e),
     };
-    eprintln!("key store: {}", redacted(&store_url));
+    tracing::info!("key store: {}", redacted(&store_url));
     // The directory of existing key ids, so a flood of made-up kids is
     // refused without store reads from the first request on.
     match store.load_directory().await {
-        Ok(true) => eprintln!("key directory: {} key ids", store.directory_len()),
-        Ok(false) => eprintln!("key directory: not available for this store"),
+        Ok(true) => tracing::info!("key directory: {} key ids", store.directory_len()),
+        Ok(false) => tracing::info!("key directory: not available for this store"),
         Err(e) => return fail(format!("cannot read the key ids from the store: {e}")),
     }
     let listener = match tokio::net::TcpListener::bind(&listen).await {
@@ -458,12 +466,12 @@ async fn main() -> ExitCode {
     };
     let verifier = match replay {
         ReplayMode::Off => {
-            eprintln!("replay protection: off");
+            tracing::info!("replay protection: off");
             verifier
         }
         ReplayMode::Memory => {
             let seen = MemoryReplayStore::new();
-            eprintln!(
+            tracing::info!(
                 "replay protection: memory (this process only, up to {} live assertions)",
                 seen.capacity()
             );
@@ -473,7 +481,7 @@ async fn main() -> ExitCode {
         ReplayMode::Redis(url) => {
             match jwt_profile::replay::RedisReplayStore::connect(&url).await {
                 Ok(seen) => {
-                    eprintln!("replay protection: Redis at {} (shared)", redacted(&url));
+                    tracing::info!("replay protection: Redis at {} (shared)", redacted(&url));
                     verifier.with_replay_protection(seen)
                 }
                 Err(e) => {
@@ -511,7 +519,7 @@ async fn main() -> ExitCode {
         }
         Err(e) => return fail(format!("cannot open the token-signing keys: {e}")),
     };
-    eprintln!(
+    tracing::info!(
         "token endpoint: issuer {issuer_name}, access tokens valid {} s",
         lifetime.as_secs()
     );
@@ -520,11 +528,11 @@ async fn main() -> ExitCode {
     let keys = KeyService::new(store).with_policy(policy);
     let keys = match max_keys {
         Some(max) => {
-            eprintln!("at most {max} keys per user");
+            tracing::info!("at most {max} keys per user");
             keys.with_max_keys_per_user(max)
         }
         None => {
-            eprintln!("no limit on keys per user");
+            tracing::info!("no limit on keys per user");
             keys
         }
     };
@@ -563,12 +571,12 @@ async fn main() -> ExitCode {
         get(|| async { jwt_profile::grpc::PROTO }),
     );
 
-    eprintln!(
+    tracing::info!(
         "accepting assertions for audience(s): {}",
         audiences.join(", ")
     );
     #[cfg(feature = "grpc")]
-    eprintln!("gRPC and gRPC-web: jwtprofile.v1.MachineKeyService on the same address");
+    tracing::info!("gRPC and gRPC-web: jwtprofile.v1.MachineKeyService on the same address");
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
     let shutdown = async {

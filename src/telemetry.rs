@@ -21,7 +21,7 @@ fn outcome_of(result: &Result<Principal, VerifyError>) -> (&'static str, &'stati
     match result {
         Ok(_) => ("accepted", ""),
         Err(VerifyError::Invalid(reason)) => ("refused", reason.id()),
-        Err(VerifyError::Unavailable(_)) => ("unavailable", ""),
+        Err(VerifyError::Unavailable(_)) => ("unavailable", "STORE-unavailable"),
     }
 }
 

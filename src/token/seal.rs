@@ -129,8 +129,13 @@ impl MasterKey {
                     content.len()
                 ))
             })?;
-        MasterKey::from_bytes(&decoded)
-            .map_err(|e| MasterKeyError::Invalid(format!("{}: {e}", path.display())))
+        MasterKey::from_bytes(&decoded).map_err(|_| {
+            MasterKeyError::Invalid(format!(
+                "{} holds {} bytes of base64 text; expected 32 raw bytes or their base64",
+                path.display(),
+                decoded.len()
+            ))
+        })
     }
 
     /// Writes a new random master key (32 raw bytes) to `path`, which must

@@ -46,11 +46,18 @@ impl Verifier {
         now: DateTime<Utc>,
         now_secs: f64,
     ) -> Result<(Principal, CheckedAssertion), VerifyError> {
+        let span = tracing::Span::current();
         let v = &self.inner.validation;
         if alg != Algorithm::RS256 {
             return Err(Reason::Algorithm("access tokens are signed with RS256").into());
         }
         let c = parse_claims(segments.payload())?;
+        if let Some(StrVal::Str(sub)) = &c.sub {
+            span.record("enduser.id", &**sub);
+        }
+        if let Some(StrVal::Str(key_id)) = &c.key_id {
+            span.record("jwt_profile.key_id", &**key_id);
+        }
         let (iss, sub) = issuer_and_subject(&c)?;
         if iss != access.issuer {
             return Err(Reason::Issuer.into());

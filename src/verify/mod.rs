@@ -272,6 +272,11 @@ impl Verifier {
         }
         let segments = form(token)?;
         let (alg, kid, typ) = header(segments.header(), v)?;
+        // What is known of the caller goes into the span as soon as it is
+        // read, so a refusal says whose token it was (`kid` follows the id
+        // rules: no control characters, at most 200 bytes).
+        let span = tracing::Span::current();
+        span.record("jwt_profile.key_id", &*kid);
         if typ == Typ::AccessToken {
             *kind = TokenKind::AccessToken;
             let Some(access) = &self.inner.access else {
@@ -284,6 +289,9 @@ impl Verifier {
             return Ok(principal);
         }
         let claims = parse_claims(segments.payload())?;
+        if let Some(StrVal::Str(iss)) = &claims.iss {
+            span.record("enduser.id", &**iss);
+        }
         let checked = check_claims(&claims, v, now_secs)?;
         let key = self.key(&kid, checked.issuer, alg, now).await?;
         // Signature over "header.payload", exactly as received.

@@ -1014,11 +1014,18 @@ async fn json_logs_and_prometheus_metrics_from_the_running_server() {
         StatusCode::UNAUTHORIZED
     );
     let text = std::fs::read_to_string(&log).expect("log");
+    // Every line, start-up messages included, is one JSON object.
     let events: Vec<serde_json::Value> = text
         .lines()
-        .filter(|l| l.starts_with('{'))
+        .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
+    assert!(
+        events.iter().any(|e| e["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("key store: "))),
+        "{text}"
+    );
     assert!(
         events
             .iter()
@@ -1061,4 +1068,23 @@ async fn json_logs_and_prometheus_metrics_from_the_running_server() {
                 .any(|(n, _, v)| n == "jwt_profile_tokens_issued_total" && *v >= 1.0)
         );
     }
+}
+
+/// A key file path that cannot be written is found before the admin key is
+/// made: no key is left in the store that nobody holds.
+#[test]
+fn an_unwritable_admin_key_file_leaves_no_admin_key_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("adir")).expect("dir");
+    let mut cmd = Command::new(example("server"));
+    cmd.current_dir(dir.path())
+        .env("JWT_PROFILE_LISTEN", "127.0.0.1:0")
+        .env("JWT_PROFILE_ADMIN_KEY_FILE", "adir");
+    let (code, stderr) = run_to_exit(cmd, dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot write"), "{stderr}");
+    // Restarted with a good path, the server makes the admin a key and
+    // writes its file.
+    drop(start(dir.path(), &[]));
+    assert!(dir.path().join("admin-key.json").exists());
 }

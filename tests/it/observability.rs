@@ -250,6 +250,13 @@ fn every_verification_has_a_span_with_its_outcome_and_refusals_log_at_debug() {
     assert!(!field(spans[0], "jwt_profile.key_id").is_empty());
     assert!(!spans[0].fields.contains_key("error.type"));
     assert_eq!(field(spans[1], "error.type"), "TOKEN-bad-signature");
+    // A refusal names whose token it was, as far as the token says.
+    assert_eq!(field(spans[1], "enduser.id"), "bot");
+    assert_eq!(
+        field(spans[1], "jwt_profile.key_id"),
+        field(spans[0], "jwt_profile.key_id")
+    );
+    assert_eq!(field(spans[4], "enduser.id"), "bot");
     assert_eq!(field(spans[1], "jwt_profile.kind"), "assertion");
     assert_eq!(field(spans[2], "jwt_profile.kind"), "assertion");
     assert_eq!(field(spans[2], "enduser.id"), "bot");
@@ -520,7 +527,7 @@ fn an_unavailable_store_shows_as_unavailable() {
         metrics::with_local_recorder(&recorder, verify);
         let text = handle.render();
         assert!(
-            text.contains(r#"jwt_profile_verifications_total{kind="assertion",outcome="unavailable",error_type=""} 1"#),
+            text.contains(r#"jwt_profile_verifications_total{kind="assertion",outcome="unavailable",error_type="STORE-unavailable"} 1"#),
             "{text}"
         );
     }
