@@ -59,6 +59,20 @@ fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
     Server { child, addr }
 }
 
+/// A second replica in `dir` of the server started in `first`: the same
+/// settings and the first one's master key, which seals the signing keys
+/// they share (without it the replica refuses to start: the store holds
+/// sealed keys).
+fn start_replica(dir: &Path, first: &Path, env: &[(&str, &str)]) -> Server {
+    let master = first.join("master-key");
+    let mut env = env.to_vec();
+    env.push((
+        "JWT_PROFILE_MASTER_KEY_FILE",
+        master.to_str().expect("path"),
+    ));
+    start(dir, &env)
+}
+
 fn machine_login(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(example("machine_login"))
         .current_dir(dir)
@@ -495,15 +509,7 @@ async fn two_servers_on_one_postgres_database() {
     ];
     let a = start(dir.path(), &env);
     let b_dir = tempfile::tempdir().expect("tempdir");
-    // Replicas share the master key that seals the signing keys (B would
-    // refuse to start without it: the store holds sealed keys).
-    let master = dir.path().join("master-key");
-    let mut b_env = env.to_vec();
-    b_env.push((
-        "JWT_PROFILE_MASTER_KEY_FILE",
-        master.to_str().expect("path"),
-    ));
-    let b = start(b_dir.path(), &b_env);
+    let b = start_replica(b_dir.path(), dir.path(), &env);
     assert!(
         !b_dir.path().join("admin-key.json").exists(),
         "B found the admin key A created"
@@ -592,13 +598,7 @@ async fn two_servers_share_replay_protection_through_redis() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = start(dir.path(), &env);
     let b_dir = tempfile::tempdir().expect("tempdir");
-    let master = dir.path().join("master-key");
-    let mut b_env = env.to_vec();
-    b_env.push((
-        "JWT_PROFILE_MASTER_KEY_FILE",
-        master.to_str().expect("path"),
-    ));
-    let b = start(b_dir.path(), &b_env);
+    let b = start_replica(b_dir.path(), dir.path(), &env);
     let admin = signer_from(&dir.path().join("admin-key.json"));
     let servers = [
         Http::new(a.addr.parse().expect("a")),
