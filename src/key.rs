@@ -392,7 +392,8 @@ impl PublicKey {
     }
 }
 
-fn strip_zeros(mut bytes: &[u8]) -> &[u8] {
+/// `bytes` without leading zero bytes (a big-endian integer's minimal form).
+pub(crate) fn strip_zeros(mut bytes: &[u8]) -> &[u8] {
     while let [0, rest @ ..] = bytes {
         bytes = rest;
     }

@@ -76,24 +76,34 @@ pub(crate) fn key_cache(result: CacheResult) {
 
 /// How full the key cache is (entries, capacity).
 pub(crate) fn key_cache_size(entries: u64, capacity: u64) {
-    #[cfg(feature = "metrics")]
-    {
-        metrics::gauge!("jwt_profile_key_cache_entries").set(entries as f64);
-        metrics::gauge!("jwt_profile_key_cache_capacity").set(capacity as f64);
-    }
-    #[cfg(not(feature = "metrics"))]
-    let _ = (entries, capacity);
+    fill(
+        "jwt_profile_key_cache_entries",
+        "jwt_profile_key_cache_capacity",
+        entries,
+        capacity,
+    );
 }
 
 /// How full the in-process replay store is (entries, capacity).
 pub(crate) fn replay_size(entries: usize, capacity: usize) {
+    fill(
+        "jwt_profile_replay_entries",
+        "jwt_profile_replay_capacity",
+        entries as u64,
+        capacity as u64,
+    );
+}
+
+/// The two gauges of a bounded store, so an operator sees it filling
+/// before it refuses.
+fn fill(entries_name: &'static str, capacity_name: &'static str, entries: u64, capacity: u64) {
     #[cfg(feature = "metrics")]
     {
-        metrics::gauge!("jwt_profile_replay_entries").set(entries as f64);
-        metrics::gauge!("jwt_profile_replay_capacity").set(capacity as f64);
+        metrics::gauge!(entries_name).set(entries as f64);
+        metrics::gauge!(capacity_name).set(capacity as f64);
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = (entries, capacity);
+    let _ = (entries_name, capacity_name, entries, capacity);
 }
 
 /// A key operation: a metric for every one, and an INFO audit event for

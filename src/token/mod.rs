@@ -57,7 +57,7 @@ use serde::Serialize;
 
 use crate::store::{SigningKeyStore, StoreError};
 use crate::verify::{AccessTokens, Reason, Verifier, VerifyError};
-use signing::{Lifecycle, SigningError};
+use signing::Lifecycle;
 
 /// The grant type of RFC 7523 §2.1.
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -227,13 +227,9 @@ impl fmt::Display for IssuerError {
 
 impl std::error::Error for IssuerError {}
 
-impl From<SigningError> for IssuerError {
-    fn from(e: SigningError) -> Self {
-        match e {
-            SigningError::Store(e) => IssuerError::Store(e),
-            SigningError::WrongMasterKey => IssuerError::WrongMasterKey,
-            SigningError::Damaged(why) => IssuerError::Damaged(why),
-        }
+impl From<StoreError> for IssuerError {
+    fn from(e: StoreError) -> Self {
+        IssuerError::Store(e)
     }
 }
 
@@ -562,7 +558,7 @@ impl TokenIssuer {
     /// next key ahead of its use, deletes retired keys whose tokens have
     /// expired.
     pub async fn maintain(&self) -> Result<(), IssuerError> {
-        self.inner.keys.maintain().await.map_err(IssuerError::from)
+        self.inner.keys.maintain().await
     }
 
     /// Exchanges an assertion for an access token.
@@ -576,7 +572,7 @@ impl TokenIssuer {
             .await?
             .ok_or(TokenError::InvalidGrant(Reason::UnknownKey))?;
         let signer = inner.keys.signer().await.map_err(|e| match e {
-            SigningError::Store(StoreError::Unavailable(why)) => TokenError::Unavailable(why),
+            IssuerError::Store(StoreError::Unavailable(why)) => TokenError::Unavailable(why),
             other => TokenError::Unavailable(other.to_string()),
         })?;
         let iat = inner.assertions.clock().now().timestamp();

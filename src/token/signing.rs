@@ -12,7 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
-use super::seal::{MasterKey, MasterKeyError};
+use super::IssuerError;
+use super::seal::MasterKey;
 use crate::clock::Clock;
 use crate::key::{Algorithm, PublicKey};
 use crate::store::{SigningKeyStore, StoreError, StoredSigningKey};
@@ -67,29 +68,31 @@ pub(crate) struct LiveKey {
 }
 
 impl LiveKey {
-    fn open(stored: &StoredSigningKey, master: &MasterKey) -> Result<LiveKey, OpenError> {
-        let pkcs8 = master.open(&stored.id, &stored.sealed_private_key)?;
+    fn open(stored: &StoredSigningKey, master: &MasterKey) -> Result<LiveKey, IssuerError> {
+        let pkcs8 = master
+            .open(&stored.id, &stored.sealed_private_key)
+            .map_err(|_| IssuerError::WrongMasterKey)?;
         let signing = aws_lc_rs::rsa::KeyPair::from_pkcs8(&pkcs8).map_err(|_| {
-            OpenError::Damaged(format!("signing key {} is not an RSA key", stored.id))
+            IssuerError::Damaged(format!("signing key {} is not an RSA key", stored.id))
         })?;
         let public = PublicKey::from_spki_der(&stored.public_key_der)
-            .map_err(|e| OpenError::Damaged(format!("signing key {}: {e}", stored.id)))?;
+            .map_err(|e| IssuerError::Damaged(format!("signing key {}: {e}", stored.id)))?;
         let verifying = public.parse_for(Algorithm::RS256).ok_or_else(|| {
-            OpenError::Damaged(format!("signing key {} cannot verify RS256", stored.id))
+            IssuerError::Damaged(format!("signing key {} cannot verify RS256", stored.id))
         })?;
         // The sealed private half must belong to the stored public half.
         let own = signing
             .public_key()
             .as_der()
-            .map_err(|_| OpenError::Damaged(format!("signing key {}", stored.id)))?;
+            .map_err(|_| IssuerError::Damaged(format!("signing key {}", stored.id)))?;
         if own.as_ref() != public.spki_der() {
-            return Err(OpenError::Damaged(format!(
+            return Err(IssuerError::Damaged(format!(
                 "signing key {}: private and public halves differ",
                 stored.id
             )));
         }
         let (n, e) = rsa_components(public.spki_der())
-            .ok_or_else(|| OpenError::Damaged(format!("signing key {}", stored.id)))?;
+            .ok_or_else(|| IssuerError::Damaged(format!("signing key {}", stored.id)))?;
         Ok(LiveKey {
             jwk: Jwk {
                 kty: "RSA",
@@ -132,61 +135,11 @@ fn rsa_components(spki_der: &[u8]) -> Option<(String, String)> {
     use rsa::pkcs1::der::Decode;
     let spki = rsa::pkcs8::spki::SubjectPublicKeyInfoRef::from_der(spki_der).ok()?;
     let key = rsa::pkcs1::RsaPublicKey::from_der(spki.subject_public_key.as_bytes()?).ok()?;
-    let trim = |b: &[u8]| {
-        let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-        URL_SAFE_NO_PAD.encode(&b[start..])
-    };
+    let trim = |b: &[u8]| URL_SAFE_NO_PAD.encode(crate::key::strip_zeros(b));
     Some((
         trim(key.modulus.as_bytes()),
         trim(key.public_exponent.as_bytes()),
     ))
-}
-
-enum OpenError {
-    WrongKey,
-    Damaged(String),
-}
-
-impl From<MasterKeyError> for OpenError {
-    fn from(_: MasterKeyError) -> Self {
-        OpenError::WrongKey
-    }
-}
-
-/// Why the signing keys cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SigningError {
-    /// The store could not be asked.
-    Store(StoreError),
-    /// A stored key does not open with the master key.
-    WrongMasterKey,
-    /// A stored key is unreadable.
-    Damaged(String),
-}
-
-impl From<StoreError> for SigningError {
-    fn from(e: StoreError) -> Self {
-        SigningError::Store(e)
-    }
-}
-
-impl From<OpenError> for SigningError {
-    fn from(e: OpenError) -> Self {
-        match e {
-            OpenError::WrongKey => SigningError::WrongMasterKey,
-            OpenError::Damaged(why) => SigningError::Damaged(why),
-        }
-    }
-}
-
-impl std::fmt::Display for SigningError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SigningError::Store(e) => write!(f, "{e}"),
-            SigningError::WrongMasterKey => f.write_str(&MasterKeyError::WrongKey.to_string()),
-            SigningError::Damaged(why) => write!(f, "a stored signing key is damaged: {why}"),
-        }
-    }
 }
 
 /// The signing keys as last read from the store, oldest generation first.
@@ -214,14 +167,14 @@ struct Inner {
 
 impl SigningKeys {
     /// Opens the keys in `store`: every stored key must open with `master`
-    /// (else [`SigningError::WrongMasterKey`]); then the lifecycle runs
+    /// (else [`IssuerError::WrongMasterKey`]); then the lifecycle runs
     /// once (a first key is made for an empty store).
     pub(crate) async fn open(
         store: Arc<dyn SigningKeyStore>,
         master: MasterKey,
         clock: Arc<dyn Clock>,
         lifecycle: Lifecycle,
-    ) -> Result<SigningKeys, SigningError> {
+    ) -> Result<SigningKeys, IssuerError> {
         let keys = SigningKeys {
             inner: Arc::new(Inner {
                 store,
@@ -248,7 +201,7 @@ impl SigningKeys {
     }
 
     /// Reads the keys from the store, opening any not held yet.
-    async fn reload(&self) -> Result<(), SigningError> {
+    async fn reload(&self) -> Result<(), IssuerError> {
         let stored = self.inner.store.signing_keys().await?;
         let held = self.set();
         let mut keys = Vec::with_capacity(stored.len());
@@ -273,7 +226,7 @@ impl SigningKeys {
     /// Applies the lifecycle now: reads the keys, makes the next key when
     /// the current one is due to hand over (published `lead` before it
     /// signs), deletes retired keys past their retention, and reads again.
-    pub(crate) async fn maintain(&self) -> Result<(), SigningError> {
+    pub(crate) async fn maintain(&self) -> Result<(), IssuerError> {
         let _busy = self.inner.busy.lock().await;
         self.reload().await?;
         let now = self.inner.clock.now();
@@ -316,9 +269,9 @@ impl SigningKeys {
         generation: u64,
         now: DateTime<Utc>,
         signs_from: DateTime<Utc>,
-    ) -> Result<bool, SigningError> {
+    ) -> Result<bool, IssuerError> {
         let damaged =
-            |what: &str| SigningError::Damaged(format!("cannot make a signing key: {what}"));
+            |what: &str| IssuerError::Damaged(format!("cannot make a signing key: {what}"));
         let pair = tokio::task::spawn_blocking(|| {
             aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
         })
@@ -374,15 +327,14 @@ impl SigningKeys {
     }
 
     /// The key that signs now: the newest whose time has come.
-    pub(crate) async fn signer(&self) -> Result<Arc<LiveKey>, SigningError> {
+    pub(crate) async fn signer(&self) -> Result<Arc<LiveKey>, IssuerError> {
         if let Some(key) = self.current() {
             return Ok(key);
         }
         // None yet (the store was down at start): try the lifecycle now.
         self.maintain().await?;
-        self.current().ok_or_else(|| {
-            SigningError::Store(StoreError::Unavailable("no signing key yet".into()))
-        })
+        self.current()
+            .ok_or_else(|| IssuerError::Store(StoreError::Unavailable("no signing key yet".into())))
     }
 
     fn current(&self) -> Option<Arc<LiveKey>> {
@@ -400,7 +352,7 @@ impl SigningKeys {
     pub(crate) async fn verifying_key(
         &self,
         kid: &str,
-    ) -> Result<Option<Arc<LiveKey>>, SigningError> {
+    ) -> Result<Option<Arc<LiveKey>>, IssuerError> {
         let set = self.set();
         if let Some(k) = set.keys.iter().find(|k| k.id == kid) {
             return Ok(Some(k.clone()));
