@@ -419,6 +419,10 @@ fn main() {
         print_floor(&rt);
         return;
     }
+    if let Some(which) = std::env::args().skip_while(|a| a != "--loop").nth(1) {
+        profile_loop(&rt, &which);
+        return;
+    }
     let ratios_only = std::env::args().any(|a| a == "--ratios-only");
     if !ratios_only {
         let mut c = Criterion::default().configure_from_args();
@@ -429,6 +433,34 @@ fn main() {
     print_token_figures(&rt);
     #[cfg(feature = "metrics")]
     print_metrics_cost(&rt);
+}
+
+/// `-- --loop fresh|floor`: one side alone for 10 s, for a profiler
+/// (`perf record -g target/release/deps/verify-* --loop fresh`).
+fn profile_loop(rt: &tokio::runtime::Runtime, which: &str) {
+    let (fresh_only, _, cases, _) = setup(rt);
+    let rs = &cases[0];
+    let (input, sig) = signing_input_and_signature(&rs.token);
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        for _ in 0..100 {
+            match which {
+                "floor" => rs
+                    .floor_key
+                    .verify_sig(std::hint::black_box(&input), &sig)
+                    .expect("valid"),
+                _ => {
+                    run(rt, fresh_only.verify(std::hint::black_box(&rs.token))).expect("valid");
+                }
+            }
+        }
+        n += 100;
+    }
+    println!(
+        "loop {which} {:.2} us",
+        start.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
 }
 
 /// With the `metrics` feature: the fresh RS256 path with a Prometheus

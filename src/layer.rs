@@ -413,23 +413,64 @@ where
                 )),
             },
             Credentials::Token { value, start } => {
-                let verifier = self.verifier.clone();
-                let mut verify: VerifyFuture = Box::pin(async move {
-                    let token = std::str::from_utf8(&value.as_bytes()[start..]).map_err(|_| {
-                        VerifyError::Invalid(Reason::Malformed("token is not ASCII"))
-                    })?;
-                    verifier.verify(token.trim_end_matches([' ', '\t'])).await
-                });
-                // On a key-cache hit the verification is ready at its first
-                // poll: then the inner service, driven ready by
-                // `poll_ready`, is called here and needs no clone. A future
-                // that must wait registers the real waker when the response
-                // future polls it again (only the latest poll's waker counts).
-                match verify
-                    .as_mut()
-                    .poll(&mut Context::from_waker(std::task::Waker::noop()))
-                {
-                    Poll::Ready(Ok(principal)) => {
+                // Most verifications need only what the caches hold: then
+                // the check runs here, pinned in place, with no boxed
+                // future; the inner service, driven ready by `poll_ready`,
+                // is called here and needs no clone. Anything else (a store
+                // read, a replay check) starts over as a boxed future.
+                let token = std::str::from_utf8(&value.as_bytes()[start..])
+                    .map(|t| t.trim_end_matches([' ', '\t']));
+                let now = match token {
+                    Err(_) => Some(Err(VerifyError::Invalid(Reason::Malformed(
+                        "token is not ASCII",
+                    )))),
+                    Ok(token) => {
+                        let attempt = std::pin::pin!(self.verifier.verify_cached(token));
+                        match attempt.poll(&mut Context::from_waker(std::task::Waker::noop())) {
+                            Poll::Ready(answer) => Some(answer),
+                            Poll::Pending => None,
+                        }
+                    }
+                };
+                let answer = match now {
+                    Some(answer) => answer,
+                    None => {
+                        let verifier = self.verifier.clone();
+                        let mut verify: VerifyFuture = Box::pin(async move {
+                            let token =
+                                std::str::from_utf8(&value.as_bytes()[start..]).unwrap_or_default();
+                            verifier.verify(token.trim_end_matches([' ', '\t'])).await
+                        });
+                        // A future that must wait registers the real waker
+                        // when the response future polls it again (only the
+                        // latest poll's waker counts).
+                        match verify
+                            .as_mut()
+                            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+                        {
+                            Poll::Ready(answer) => answer,
+                            Poll::Pending => {
+                                // The service that was driven to readiness is
+                                // the one that must be called; keep it and
+                                // leave a clone in its place (see tower's
+                                // guide on `Service::call` and cloning).
+                                let clone = self.inner.clone();
+                                let ready = std::mem::replace(&mut self.inner, clone);
+                                return ResponseFuture {
+                                    state: State::Verifying {
+                                        verify,
+                                        svc: Some(ready),
+                                        req: Some(req),
+                                    },
+                                    options,
+                                    grpc,
+                                };
+                            }
+                        }
+                    }
+                };
+                match answer {
+                    Ok(principal) => {
                         if let Some(hook) = &options.on_outcome {
                             hook(&Outcome::Accepted(&principal));
                         }
@@ -438,26 +479,13 @@ where
                             fut: self.inner.call(req),
                         }
                     }
-                    Poll::Ready(Err(e)) => State::Rejected {
+                    Err(e) => State::Rejected {
                         rejection: Some(Rejection::new(
                             rejection_kind(e),
                             grpc.clone(),
                             &options.realm,
                         )),
                     },
-                    Poll::Pending => {
-                        // The service that was driven to readiness is the one
-                        // that must be called; keep it and leave a clone in
-                        // its place (see tower's guide on `Service::call` and
-                        // cloning).
-                        let clone = self.inner.clone();
-                        let ready = std::mem::replace(&mut self.inner, clone);
-                        State::Verifying {
-                            verify,
-                            svc: Some(ready),
-                            req: Some(req),
-                        }
-                    }
                 }
             }
         };

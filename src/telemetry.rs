@@ -6,8 +6,6 @@
 //! never a user, key or token. Nothing secret is ever recorded: no token,
 //! signature, private key or key file.
 
-use std::time::Duration;
-
 use crate::error::{Code, Error};
 use crate::principal::{Principal, TokenKind};
 use crate::verify::VerifyError;
@@ -25,11 +23,25 @@ fn outcome_of(result: &Result<Principal, VerifyError>) -> (&'static str, &'stati
     }
 }
 
+/// When a verification started: read from the clock only when metrics are
+/// built in (the duration histogram is its one use).
+#[derive(Clone, Copy)]
+pub(crate) struct Started(#[cfg(feature = "metrics")] std::time::Instant);
+
+impl Started {
+    pub(crate) fn now() -> Started {
+        Started(
+            #[cfg(feature = "metrics")]
+            std::time::Instant::now(),
+        )
+    }
+}
+
 /// One verification's outcome, as metrics (the span carries the rest).
 pub(crate) fn verification(
     kind: TokenKind,
     result: &Result<Principal, VerifyError>,
-    elapsed: Duration,
+    started: Started,
 ) {
     #[cfg(feature = "metrics")]
     {
@@ -45,10 +57,10 @@ pub(crate) fn verification(
             "jwt_profile_verification_duration_seconds",
             "kind" => kind.as_str()
         )
-        .record(elapsed.as_secs_f64());
+        .record(started.0.elapsed().as_secs_f64());
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = (kind, result, elapsed);
+    let _ = (kind, result, started);
 }
 
 /// What a key-cache lookup found.

@@ -423,10 +423,18 @@ struct WeakCachedStore {
 #[async_trait]
 impl KeyLookup for CachedStore {
     async fn lookup(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError> {
+        self.find(key_id).await
+    }
+}
+
+impl CachedStore {
+    /// [`KeyLookup::lookup`], as a future the caller can hold without a
+    /// box: a hit is a small future; a miss (a store read) is boxed.
+    pub(crate) async fn find(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError> {
         use crate::telemetry::{CacheResult, key_cache};
         if self.stalled.load(Ordering::Acquire) {
             key_cache(CacheResult::Miss);
-            return self.lookup_uncached(key_id).await;
+            return Box::pin(self.lookup_uncached(key_id)).await;
         }
         if let Some(hit) = self.cache.get(key_id).await {
             key_cache(match hit {
@@ -436,6 +444,32 @@ impl KeyLookup for CachedStore {
             return Ok(hit);
         }
         key_cache(CacheResult::Miss);
+        Box::pin(self.load(key_id)).await
+    }
+
+    /// What the cache holds for `key_id` now, without a store read: `None`
+    /// when it cannot answer (not cached, or the change feed cannot vouch
+    /// for the cache). A miss is not counted: the lookup that follows
+    /// counts it.
+    pub(crate) async fn find_cached(
+        &self,
+        key_id: &str,
+    ) -> Option<Result<Option<Arc<VerifyingKey>>, StoreError>> {
+        use crate::telemetry::{CacheResult, key_cache};
+        if self.stalled.load(Ordering::Acquire) {
+            return None;
+        }
+        let hit = self.cache.get(key_id).await?;
+        key_cache(match hit {
+            Some(_) => CacheResult::Hit,
+            None => CacheResult::NegativeHit,
+        });
+        Some(Ok(hit))
+    }
+
+    /// A miss: the store is read (within the miss budget) and the cache
+    /// filled.
+    async fn load(&self, key_id: &str) -> Result<Option<Arc<VerifyingKey>>, StoreError> {
         let listing = self.directory.listing(key_id);
         if listing != Listing::Listed
             && let Ok(runtime) = tokio::runtime::Handle::try_current()

@@ -347,17 +347,21 @@ impl SigningKeys {
             .cloned()
     }
 
+    /// The published key `kid`, from the set in memory (no reload).
+    pub(crate) fn published(&self, kid: &str) -> Option<Arc<LiveKey>> {
+        self.set().keys.iter().find(|k| k.id == kid).cloned()
+    }
+
     /// The published key `kid`. An id not held is looked for in the store
     /// (another replica's new key), at most once a second.
     pub(crate) async fn verifying_key(
         &self,
         kid: &str,
     ) -> Result<Option<Arc<LiveKey>>, IssuerError> {
-        let set = self.set();
-        if let Some(k) = set.keys.iter().find(|k| k.id == kid) {
-            return Ok(Some(k.clone()));
+        if let Some(k) = self.published(kid) {
+            return Ok(Some(k));
         }
-        if set.read_at.elapsed() < Duration::from_secs(1) {
+        if self.set().read_at.elapsed() < Duration::from_secs(1) {
             return Ok(None);
         }
         {

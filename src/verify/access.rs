@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::Lookups;
 use super::checked::CheckedAssertion;
 use super::json::{StrVal, parse_claims};
 use super::{
@@ -45,7 +46,8 @@ impl Verifier {
         kid: &str,
         now: DateTime<Utc>,
         now_secs: f64,
-    ) -> Result<(Principal, CheckedAssertion), VerifyError> {
+        lookups: Lookups,
+    ) -> Result<(Principal, Option<CheckedAssertion>), VerifyError> {
         let span = tracing::Span::current();
         let v = &self.inner.validation;
         if alg != Algorithm::RS256 {
@@ -80,7 +82,15 @@ impl Verifier {
         };
         check_audience(&c.aud, v)?;
         time_rules(exp, iat, nbf, v.leeway, None, now_secs)?;
-        let signing = match access.keys.verifying_key(kid).await {
+        let signing = match lookups {
+            Lookups::Any => access.keys.verifying_key(kid).await,
+            // A key not in the published set may mean a reload: not here.
+            Lookups::CachedOnly => match access.keys.published(kid) {
+                Some(key) => Ok(Some(key)),
+                None => std::future::pending().await,
+            },
+        };
+        let signing = match signing {
             Ok(Some(key)) => key,
             Ok(None) => return Err(Reason::UnknownKey.into()),
             Err(e) => return Err(VerifyError::Unavailable(e.to_string())),
@@ -90,7 +100,8 @@ impl Verifier {
         }
         // On every use: the machine key must still be there (a removal
         // revokes its access tokens), the user's, and unexpired.
-        let machine: Arc<crate::key::VerifyingKey> = self.owned_key(key_id, sub, now).await?;
+        let machine: Arc<crate::key::VerifyingKey> =
+            self.owned_key(key_id, sub, now, lookups).await?;
         let stored = machine.key();
         let principal = Principal {
             user_id: stored.user_id.clone(),
@@ -101,6 +112,9 @@ impl Verifier {
             kind: TokenKind::AccessToken,
             scopes,
         };
+        if !self.remembers() {
+            return Ok((principal, None));
+        }
         let entry = CheckedAssertion {
             key_id: stored.id.clone(),
             key_sequence: stored.details.sequence,
@@ -112,6 +126,6 @@ impl Verifier {
             last_valid: exp + v.leeway,
             lifetime: Duration::ZERO,
         };
-        Ok((principal, entry))
+        Ok((principal, Some(entry)))
     }
 }

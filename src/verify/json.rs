@@ -93,24 +93,26 @@ pub(crate) fn parse_claims(bytes: &[u8]) -> Result<RawClaims<'_>, VerifyError> {
     Ok(claims)
 }
 
-/// Tracks member names seen in one object.
+/// Tracks the names of unknown members seen in one object (known members
+/// are tracked by their slot's bit).
 #[derive(Default)]
 struct Seen<'a> {
-    /// The first names, on the stack: objects in real tokens are small.
-    few: [Cow<'a, str>; 16],
-    len: usize,
+    /// The first names, in a list: objects in real tokens have few unknown
+    /// members, and most have none (no allocation then).
+    few: Vec<Cow<'a, str>>,
     many: HashSet<Cow<'a, str>>,
 }
 
 impl<'a> Seen<'a> {
+    const FEW: usize = 16;
+
     /// Records `name`; false when it was seen before.
     fn insert(&mut self, name: Cow<'a, str>) -> bool {
-        if self.few[..self.len].contains(&name) || self.many.contains(&name) {
+        if self.few.contains(&name) || self.many.contains(&name) {
             return false;
         }
-        if self.len < self.few.len() {
-            self.few[self.len] = name;
-            self.len += 1;
+        if self.few.len() < Self::FEW {
+            self.few.push(name);
         } else {
             self.many.insert(name);
         }
@@ -120,25 +122,33 @@ impl<'a> Seen<'a> {
 
 /// Reads the members of one JSON object into `T`'s slots.
 trait Slots<'de>: Default {
-    /// Reads the value of member `name`.
-    fn read<A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error>;
+    /// The slot of member `name`, if it has one (at most 32 slots).
+    fn slot(name: &str) -> Option<u8>;
+    /// Reads the value of the member whose slot is `slot`.
+    fn read<A: MapAccess<'de>>(&mut self, slot: u8, map: &mut A) -> Result<(), A::Error>;
     fn mark_duplicate(&mut self);
 }
 
 impl<'de> Slots<'de> for RawHeader<'de> {
-    fn read<A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error> {
-        match name {
-            "alg" => self.alg = Some(read_str(map)?),
-            "kid" => self.kid = Some(read_str(map)?),
-            "typ" => self.typ = Some(read_str(map)?),
-            "crit" => {
-                map.next_value::<IgnoredAny>()?;
-                self.crit = true;
-            }
-            // jwk, jku, x5u, x5c and the rest are ignored: the key always
-            // comes from the store.
+    fn slot(name: &str) -> Option<u8> {
+        // jwk, jku, x5u, x5c and the rest have none: the key always comes
+        // from the store.
+        Some(match name {
+            "alg" => 0,
+            "kid" => 1,
+            "typ" => 2,
+            "crit" => 3,
+            _ => return None,
+        })
+    }
+    fn read<A: MapAccess<'de>>(&mut self, slot: u8, map: &mut A) -> Result<(), A::Error> {
+        match slot {
+            0 => self.alg = Some(read_str(map)?),
+            1 => self.kid = Some(read_str(map)?),
+            2 => self.typ = Some(read_str(map)?),
             _ => {
                 map.next_value::<IgnoredAny>()?;
+                self.crit = true;
             }
         }
         Ok(())
@@ -149,20 +159,31 @@ impl<'de> Slots<'de> for RawHeader<'de> {
 }
 
 impl<'de> Slots<'de> for RawClaims<'de> {
-    fn read<A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error> {
-        match name {
-            "iss" => self.iss = Some(read_str(map)?),
-            "sub" => self.sub = Some(read_str(map)?),
-            "jti" => self.jti = Some(read_str(map)?),
-            "scope" => self.scope = Some(read_str(map)?),
-            "key_id" => self.key_id = Some(read_str(map)?),
-            "aud" => self.aud = Some(read_aud(map)?),
-            "exp" => self.exp = Some(read_num(map)?),
-            "iat" => self.iat = Some(read_num(map)?),
-            "nbf" => self.nbf = Some(read_num(map)?),
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+    fn slot(name: &str) -> Option<u8> {
+        Some(match name {
+            "iss" => 0,
+            "sub" => 1,
+            "jti" => 2,
+            "scope" => 3,
+            "key_id" => 4,
+            "aud" => 5,
+            "exp" => 6,
+            "iat" => 7,
+            "nbf" => 8,
+            _ => return None,
+        })
+    }
+    fn read<A: MapAccess<'de>>(&mut self, slot: u8, map: &mut A) -> Result<(), A::Error> {
+        match slot {
+            0 => self.iss = Some(read_str(map)?),
+            1 => self.sub = Some(read_str(map)?),
+            2 => self.jti = Some(read_str(map)?),
+            3 => self.scope = Some(read_str(map)?),
+            4 => self.key_id = Some(read_str(map)?),
+            5 => self.aud = Some(read_aud(map)?),
+            6 => self.exp = Some(read_num(map)?),
+            7 => self.iat = Some(read_num(map)?),
+            _ => self.nbf = Some(read_num(map)?),
         }
         Ok(())
     }
@@ -188,14 +209,29 @@ impl<'de, T: Slots<'de>> Visitor<'de> for ObjectVisitor<T> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
         let mut out = T::default();
-        let mut seen = Seen::default();
+        // Known members by their slot's bit; the rest by name.
+        let mut known = 0u32;
+        let mut unknown = Seen::default();
         while let Some(NameSeed(name)) = map.next_key::<NameSeed>()? {
-            if !seen.insert(name.clone()) {
-                out.mark_duplicate();
-                map.next_value::<IgnoredAny>()?;
-                continue;
+            let slot = T::slot(&name);
+            let first = match slot {
+                Some(i) => {
+                    let first = known & (1 << i) == 0;
+                    known |= 1 << i;
+                    first
+                }
+                None => unknown.insert(name),
+            };
+            match slot {
+                _ if !first => {
+                    out.mark_duplicate();
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Some(i) => out.read(i, &mut map)?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
-            out.read(&name, &mut map)?;
         }
         Ok(out)
     }

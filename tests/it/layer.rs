@@ -532,3 +532,90 @@ async fn on_outcome_sees_every_decision() {
         ]
     );
 }
+
+/// The layer first checks a token in place, from the caches alone, and
+/// starts over with a full check when anything is missing. The in-place
+/// attempt must never read the store, never use up a `jti`, and never
+/// accept what the full check would refuse: a cold cache, a removed key
+/// (also behind a remembered assertion) and replay protection, in turn.
+#[tokio::test]
+async fn the_in_place_check_reads_nothing_and_uses_up_nothing() {
+    use jwt_profile::replay::MemoryReplayStore;
+    use std::sync::Arc;
+    let counting = Counting::new(Arc::new(MemoryStore::new()));
+    let store = CachedStore::new(counting.clone());
+    let keys = KeyService::new(store.clone());
+    let bot = machine(&keys, "bot").await;
+    store.invalidate(bot.key_id()).await;
+    let before = counting.reads();
+    let http = serve_layer(JwtProfileLayer::new(Verifier::new(
+        store.clone(),
+        Validation::new([AUD]),
+    )))
+    .await;
+    // Cold cache: the in-place attempt stops without a read; the full check
+    // reads the key once.
+    let t1 = bot.sign(AUD).expect("sign");
+    let ok = http.call(Method::GET, "/", &t1, &[], "").await;
+    assert_eq!((ok.status, &ok.body[..]), (StatusCode::OK, &b"bot"[..]));
+    assert_eq!(counting.reads(), before + 1, "one read for a cold key");
+    // Warm: fresh and repeated assertions are answered in place.
+    let t2 = bot.sign(AUD).expect("sign");
+    for t in [&t2, &t1, &t2] {
+        assert_eq!(
+            http.call(Method::GET, "/", t, &[], "").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(counting.reads(), before + 1, "no read for a cached key");
+    // Removed: neither a fresh nor a remembered assertion passes.
+    let me = Principal::new("bot", ORG, "-");
+    keys.remove(&me, None, "bot", bot.key_id())
+        .await
+        .expect("remove");
+    let t3 = bot.sign(AUD).expect("sign");
+    for t in [&t1, &t2, &t3] {
+        let refused = http.call(Method::GET, "/", t, &[], "").await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.error_id(), "TOKEN-unknown-key");
+    }
+
+    // Replay protection, with a store that records the jti and then waits
+    // for its answer (as Redis does): the jti is used up exactly once, by
+    // the full check, so its first use passes.
+    struct Remote(MemoryReplayStore);
+    #[async_trait::async_trait]
+    impl jwt_profile::replay::ReplayStore for Remote {
+        async fn first_use(
+            &self,
+            issuer: &str,
+            jti: &str,
+            until: chrono::DateTime<chrono::Utc>,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, jwt_profile::store::StoreError> {
+            let first = self.0.first_use(issuer, jti, until, now).await;
+            tokio::task::yield_now().await;
+            first
+        }
+    }
+    let store = CachedStore::new(MemoryStore::new());
+    let bot = machine(&KeyService::new(store.clone()), "bot").await;
+    let http = serve_layer(JwtProfileLayer::new(
+        Verifier::new(store.clone(), Validation::new([AUD]))
+            .with_replay_protection(Remote(MemoryReplayStore::new())),
+    ))
+    .await;
+    let warm = bot.sign(AUD).expect("sign");
+    assert_eq!(
+        http.call(Method::GET, "/", &warm, &[], "").await.status,
+        StatusCode::OK
+    );
+    let once = bot.sign(AUD).expect("sign");
+    assert_eq!(
+        http.call(Method::GET, "/", &once, &[], "").await.status,
+        StatusCode::OK
+    );
+    let again = http.call(Method::GET, "/", &once, &[], "").await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(again.error_id(), "TOKEN-replayed");
+}

@@ -239,7 +239,7 @@ fn every_verification_has_a_span_with_its_outcome_and_refusals_log_at_debug() {
         .filter(|r| r.span && r.name == "jwt_profile.verify")
         .collect();
     assert_eq!(spans.len(), 5, "{spans:#?}");
-    assert!(spans.iter().all(|s| s.level == tracing::Level::INFO));
+    assert!(spans.iter().all(|s| s.level == tracing::Level::DEBUG));
     let field = |s: &Record, f: &str| s.fields.get(f).cloned().unwrap_or_default();
     // In order: an accepted assertion, a refused one, the token endpoint's
     // check of the assertion it exchanges, an accepted access token, and
