@@ -435,12 +435,35 @@ fn main() {
     print_metrics_cost(&rt);
 }
 
-/// `-- --loop fresh|floor`: one side alone for 10 s, for a profiler
+/// `-- --loop fresh|floor|access`: one side alone for 10 s, for a profiler
 /// (`perf record -g target/release/deps/verify-* --loop fresh`).
 fn profile_loop(rt: &tokio::runtime::Runtime, which: &str) {
     let (fresh_only, _, cases, _) = setup(rt);
     let rs = &cases[0];
     let (input, sig) = signing_input_and_signature(&rs.token);
+    let (_, _, access, access_token, _) = access_setup(rt);
+    // The stored key behind a token of its own, as the key cache holds it.
+    let (vk, vk_input, vk_sig) = {
+        use jwt_profile::store::KeyLookup;
+        let store = CachedStore::new(MemoryStore::new());
+        let me = Principal::new("bench", "org", "-");
+        let created = rt
+            .block_on(KeyService::new(store.clone()).create(
+                &me,
+                None,
+                "bench",
+                CreateKey::default(),
+            ))
+            .expect("create");
+        let signer =
+            AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer");
+        let (input, sig) = signing_input_and_signature(&signer.sign(AUD).expect("sign"));
+        let vk = rt
+            .block_on(store.lookup(signer.key_id()))
+            .expect("lookup")
+            .expect("key");
+        (vk, input, sig)
+    };
     let start = std::time::Instant::now();
     let mut n = 0u64;
     while start.elapsed() < std::time::Duration::from_secs(10) {
@@ -450,6 +473,16 @@ fn profile_loop(rt: &tokio::runtime::Runtime, which: &str) {
                     .floor_key
                     .verify_sig(std::hint::black_box(&input), &sig)
                     .expect("valid"),
+                "vk" => {
+                    assert!(vk.verify(
+                        jwt_profile::Algorithm::RS256,
+                        std::hint::black_box(&vk_input),
+                        &vk_sig
+                    ));
+                }
+                "access" => {
+                    run(rt, access.verify(std::hint::black_box(&access_token))).expect("valid");
+                }
                 _ => {
                     run(rt, fresh_only.verify(std::hint::black_box(&rs.token))).expect("valid");
                 }
@@ -495,7 +528,18 @@ fn print_metrics_cost(rt: &tokio::runtime::Runtime) {
 /// cache of checked tokens off) against the RS256 floor on the same token,
 /// interleaved; and what issuing one costs (an RS256 assertion check plus an
 /// RSA-2048 signature), per core.
-fn print_token_figures(rt: &tokio::runtime::Runtime) {
+/// An issuer, a verifier accepting its access tokens (cache of checked
+/// tokens off), one access token, the assertion exchange request behind it,
+/// and the floor key: the signing key parsed once from the published JWK.
+fn access_setup(
+    rt: &tokio::runtime::Runtime,
+) -> (
+    jwt_profile::token::TokenIssuer,
+    jwt_profile::token::TokenRequest,
+    Verifier,
+    String,
+    ParsedPublicKey,
+) {
     use jwt_profile::token::{IssuerSettings, MasterKey, TokenIssuer, TokenRequest};
     use std::sync::Arc;
     const ISSUER: &str = "https://auth.example.com";
@@ -544,6 +588,11 @@ fn print_token_figures(rt: &tokio::runtime::Runtime) {
         .expect("der");
         ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der).expect("parse")
     };
+    (issuer, request, verifier, token, floor_key)
+}
+
+fn print_token_figures(rt: &tokio::runtime::Runtime) {
+    let (issuer, request, verifier, token, floor_key) = access_setup(rt);
     let (input, sig) = signing_input_and_signature(&token);
     let r = interleaved(
         40,

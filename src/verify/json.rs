@@ -170,6 +170,10 @@ impl<'de> Slots<'de> for RawClaims<'de> {
             "exp" => 6,
             "iat" => 7,
             "nbf" => 8,
+            // Claims of our own access tokens, not read (tracked, so a
+            // duplicate is still found, without a name list).
+            "client_id" => 9,
+            crate::token::RESOURCE_OWNER_CLAIM => 10,
             _ => return None,
         })
     }
@@ -183,7 +187,10 @@ impl<'de> Slots<'de> for RawClaims<'de> {
             5 => self.aud = Some(read_aud(map)?),
             6 => self.exp = Some(read_num(map)?),
             7 => self.iat = Some(read_num(map)?),
-            _ => self.nbf = Some(read_num(map)?),
+            8 => self.nbf = Some(read_num(map)?),
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
         }
         Ok(())
     }

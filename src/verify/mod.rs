@@ -295,12 +295,13 @@ impl Verifier {
             return Ok(principal);
         }
         let segments = form(token)?;
-        let (alg, kid, typ) = header(segments.header(), v)?;
+        let (alg, kid, typ) = read_header(&segments, v)?;
+        let kid: &str = &kid;
         // What is known of the caller goes into the span as soon as it is
         // read, so a refusal says whose token it was (`kid` follows the id
         // rules: no control characters, at most 200 bytes).
         let span = tracing::Span::current();
-        span.record("jwt_profile.key_id", &*kid);
+        span.record("jwt_profile.key_id", kid);
         if typ == Typ::AccessToken {
             *kind = TokenKind::AccessToken;
             let Some(access) = &self.inner.access else {
@@ -540,6 +541,11 @@ fn store_unavailable(e: StoreError) -> VerifyError {
 /// covers.
 struct Segments<'t> {
     bytes: Vec<u8>,
+    /// The header as read before from the same bytes, if it was; then
+    /// `header` is empty (not decoded).
+    known: Option<KnownHeader>,
+    /// The header segment as received.
+    h64: &'t str,
     header: std::ops::Range<usize>,
     payload: std::ops::Range<usize>,
     signature: std::ops::Range<usize>,
@@ -580,16 +586,113 @@ fn form(token: &str) -> Result<Segments<'_>, VerifyError> {
             .map_err(|_| malformed(what))?;
         Ok::<_, VerifyError>(at..bytes.len())
     };
-    let header = decode(h64, "header is not canonical base64url")?;
+    let known = header_memo::get(h64);
+    let header = match known {
+        Some(_) => 0..0,
+        None => decode(h64, "header is not canonical base64url")?,
+    };
     let payload = decode(p64, "payload is not canonical base64url")?;
     let signature = decode(s64, "signature is not canonical base64url")?;
     Ok(Segments {
         bytes,
+        known,
+        h64,
         header,
         payload,
         signature,
         signing_input: &token.as_bytes()[..h64.len() + 1 + p64.len()],
     })
+}
+
+/// A header that passed every rule but the allowed algorithms (which
+/// depend on the verifier): what it says.
+#[derive(Clone)]
+struct KnownHeader {
+    alg: Algorithm,
+    kid: Arc<str>,
+    typ: Typ,
+}
+
+/// The header step: from the memo when these exact bytes were read before
+/// on this thread (only the allowed algorithms are checked again), else
+/// read in full and remembered.
+fn read_header(
+    segments: &Segments<'_>,
+    v: &Validation,
+) -> Result<(Algorithm, Arc<str>, Typ), VerifyError> {
+    if let Some(known) = &segments.known {
+        if !v.allows(known.alg) {
+            return Err(Reason::Algorithm("alg not allowed").into());
+        }
+        return Ok((known.alg, known.kid.clone(), known.typ));
+    }
+    let (alg, kid, typ) = header(segments.header(), v)?;
+    let kid: Arc<str> = kid.into();
+    header_memo::put(
+        segments.h64,
+        KnownHeader {
+            alg,
+            kid: kid.clone(),
+            typ,
+        },
+    );
+    Ok((alg, kid, typ))
+}
+
+/// Headers read before, per thread: a machine sends the same header (its
+/// `alg` and `kid`) on every assertion, so reading it is a pure function
+/// of bytes seen many times. A small direct-mapped table keyed by the exact
+/// segment: a hit returns what reading those bytes returned; a collision
+/// replaces the entry. Nothing but a header that passed is remembered, and
+/// remembering grants nothing: key, claims and signature are checked in
+/// full on every token.
+mod header_memo {
+    use super::KnownHeader;
+    use std::cell::RefCell;
+
+    const SLOTS: usize = 64;
+    /// Longer headers are read every time.
+    const MAX_BYTES: usize = 512;
+
+    type Slot = Option<(Box<str>, KnownHeader)>;
+
+    thread_local! {
+        static MEMO: RefCell<[Slot; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
+    }
+
+    /// The slot of a segment: its length and two words from its middle and
+    /// end (where the `kid` is), mixed. Not a defence: a collision costs a
+    /// read, never a wrong answer (the whole segment is compared).
+    fn slot(h64: &str) -> usize {
+        let b = h64.as_bytes();
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            let end = (at + 8).min(b.len());
+            w[..end - at].copy_from_slice(&b[at..end]);
+            u64::from_le_bytes(w)
+        };
+        let mut h = b.len() as u64;
+        h = (h ^ word(b.len() / 2)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h = (h ^ word(b.len().saturating_sub(8))).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> 58) as usize % SLOTS
+    }
+
+    pub(super) fn get(h64: &str) -> Option<KnownHeader> {
+        if h64.len() > MAX_BYTES {
+            return None;
+        }
+        MEMO.with_borrow(|memo| match &memo[slot(h64)] {
+            Some((segment, known)) if **segment == *h64 => Some(known.clone()),
+            _ => None,
+        })
+    }
+
+    pub(super) fn put(h64: &str, known: KnownHeader) {
+        if h64.len() > MAX_BYTES {
+            return;
+        }
+        MEMO.with_borrow_mut(|memo| memo[slot(h64)] = Some((h64.into(), known)));
+    }
 }
 
 /// What the header's `typ` says the token is.
@@ -831,6 +934,85 @@ mod tests {
         Validation::new(["aud"])
             .leeway(Duration::from_secs(60))
             .max_age(Duration::from_secs(3600))
+    }
+
+    /// The header step on a token with `header` (JSON) as its header.
+    fn header_of(header: &str, v: &Validation) -> Result<(Algorithm, String, Typ), VerifyError> {
+        let b64 = |s: &[u8]| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);
+        let token = format!("{}.{}.{}", b64(header.as_bytes()), b64(b"{}"), b64(b"sig"));
+        let segments = form(&token)?;
+        read_header(&segments, v).map(|(alg, kid, typ)| (alg, kid.to_string(), typ))
+    }
+
+    /// The same, on a new thread: nothing remembered.
+    fn header_of_fresh(
+        header: &str,
+        v: &Validation,
+    ) -> Result<(Algorithm, String, Typ), VerifyError> {
+        let (header, v) = (header.to_string(), v.clone());
+        std::thread::spawn(move || header_of(&header, &v))
+            .join()
+            .expect("thread")
+    }
+
+    #[test]
+    fn a_remembered_header_answers_as_reading_it_does() {
+        let headers = [
+            r#"{"alg":"RS256","kid":"k1"}"#,
+            r#"{"alg":"ES256","kid":"k2","typ":"JWT"}"#,
+            r#"{"alg":"RS256","kid":"sig-1","typ":"at+jwt"}"#,
+            r#"{"alg":"RS256","kid":"k1","crit":["exp"]}"#,
+            r#"{"alg":"none","kid":"k1"}"#,
+            r#"{"alg":"HS256","kid":"k1"}"#,
+            r#"{"alg":"RS256","kid":"a/b"}"#,
+            r#"{"alg":"RS256","kid":"k1","kid":"k2"}"#,
+            r#"{"alg":"RS256"}"#,
+        ];
+        let all = v();
+        let rsa_only = v().algorithms([Algorithm::RS256]);
+        let ec_only = v().algorithms([Algorithm::ES256]);
+        for header in headers {
+            // Read, remembered (when it passed), then asked of verifiers
+            // that allow other algorithms: each answer is the answer of a
+            // thread that never saw the header.
+            for v in [&all, &all, &rsa_only, &ec_only, &all] {
+                assert_eq!(header_of(header, v), header_of_fresh(header, v), "{header}");
+            }
+        }
+        assert_eq!(
+            header_of(r#"{"alg":"RS256","kid":"k1"}"#, &ec_only),
+            Err(Reason::Algorithm("alg not allowed").into())
+        );
+    }
+
+    #[test]
+    fn only_headers_that_passed_are_remembered_and_never_for_other_bytes() {
+        std::thread::spawn(|| {
+            let v = v();
+            let crit = r#"{"alg":"RS256","kid":"k1","crit":["exp"]}"#;
+            assert!(header_of(crit, &v).is_err());
+            let h64 = base64_simd::URL_SAFE_NO_PAD.encode_to_string(crit);
+            assert!(header_memo::get(&h64).is_none());
+            // Many headers, one table: a lookup finds its own header or
+            // nothing, never another's.
+            let kids: Vec<String> = (0..500).map(|i| format!("key-{i}")).collect();
+            for kid in &kids {
+                let header = format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#);
+                assert_eq!(header_of(&header, &v).expect("valid").1, *kid);
+            }
+            let mut found = 0;
+            for kid in &kids {
+                let header = format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#);
+                let h64 = base64_simd::URL_SAFE_NO_PAD.encode_to_string(&header);
+                if let Some(known) = header_memo::get(&h64) {
+                    assert_eq!(&*known.kid, kid.as_str());
+                    found += 1;
+                }
+            }
+            assert!((1..=64).contains(&found), "{found} remembered");
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]
