@@ -349,7 +349,8 @@ impl SigningKeys {
 
     /// The published key `kid`, from the set in memory (no reload).
     pub(crate) fn published(&self, kid: &str) -> Option<Arc<LiveKey>> {
-        self.set().keys.iter().find(|k| k.id == kid).cloned()
+        let set = self.inner.set.read().unwrap_or_else(|e| e.into_inner());
+        set.keys.iter().find(|k| k.id == kid).cloned()
     }
 
     /// The published key `kid`. An id not held is looked for in the store

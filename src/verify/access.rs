@@ -45,11 +45,11 @@ impl Verifier {
         alg: Algorithm,
         kid: &str,
         now: DateTime<Utc>,
-        now_secs: f64,
         lookups: Lookups,
     ) -> Result<(Principal, Option<CheckedAssertion>), VerifyError> {
         let span = tracing::Span::current();
         let v = &self.inner.validation;
+        let now_secs = now.timestamp_micros() as f64 / 1e6;
         if alg != Algorithm::RS256 {
             return Err(Reason::Algorithm("access tokens are signed with RS256").into());
         }

@@ -308,7 +308,7 @@ impl Verifier {
                 return Err(Reason::TokenType.into());
             };
             let (principal, entry) = self
-                .access_token(access, &segments, alg, &kid, now, now_secs, lookups)
+                .access_token(access, &segments, alg, kid, now, lookups)
                 .await?;
             if let Some(entry) = entry {
                 self.remember(token, entry, now_secs).await;
@@ -320,7 +320,7 @@ impl Verifier {
             span.record("enduser.id", &**iss);
         }
         let checked = check_claims(&claims, v, now_secs)?;
-        let key = self.key(&kid, checked.issuer, alg, now, lookups).await?;
+        let key = self.key(kid, checked.issuer, alg, now, lookups).await?;
         // Signature over "header.payload", exactly as received.
         if !key.verify(alg, segments.signing_input, segments.signature()) {
             return Err(Reason::Signature.into());
