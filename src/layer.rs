@@ -421,25 +421,33 @@ where
                 let token = std::str::from_utf8(&value.as_bytes()[start..])
                     .map(|t| t.trim_end_matches([' ', '\t']));
                 let now = match token {
-                    Err(_) => Some(Err(VerifyError::Invalid(Reason::Malformed(
+                    Err(_) => Ok(Err(VerifyError::Invalid(Reason::Malformed(
                         "token is not ASCII",
                     )))),
                     Ok(token) => {
-                        let attempt = std::pin::pin!(self.verifier.verify_cached(token));
-                        match attempt.poll(&mut Context::from_waker(std::task::Waker::noop())) {
-                            Poll::Ready(answer) => Some(answer),
-                            Poll::Pending => None,
+                        // One span for the verification, whichever way it goes.
+                        let span = self.verifier.span();
+                        let ready = {
+                            let attempt = std::pin::pin!(self.verifier.verify_cached(token, &span));
+                            attempt.poll(&mut Context::from_waker(std::task::Waker::noop()))
+                        };
+                        match ready {
+                            Poll::Ready(answer) => Ok(answer),
+                            Poll::Pending => Err(span),
                         }
                     }
                 };
                 let answer = match now {
-                    Some(answer) => answer,
-                    None => {
+                    Ok(answer) => answer,
+                    Err(span) => {
                         let verifier = self.verifier.clone();
                         let mut verify: VerifyFuture = Box::pin(async move {
+                            // Checked above: valid UTF-8.
                             let token =
                                 std::str::from_utf8(&value.as_bytes()[start..]).unwrap_or_default();
-                            verifier.verify(token.trim_end_matches([' ', '\t'])).await
+                            verifier
+                                .verify_in(token.trim_end_matches([' ', '\t']), span)
+                                .await
                         });
                         // A future that must wait registers the real waker
                         // when the response future polls it again (only the

@@ -359,10 +359,13 @@ impl SigningKeys {
         &self,
         kid: &str,
     ) -> Result<Option<Arc<LiveKey>>, IssuerError> {
-        if let Some(k) = self.published(kid) {
-            return Ok(Some(k));
+        // One reading of the set for both questions: a reload between them
+        // must not make a new key look unknown.
+        let set = self.set();
+        if let Some(k) = set.keys.iter().find(|k| k.id == kid) {
+            return Ok(Some(k.clone()));
         }
-        if self.set().read_at.elapsed() < Duration::from_secs(1) {
+        if set.read_at.elapsed() < Duration::from_secs(1) {
             return Ok(None);
         }
         {

@@ -222,34 +222,59 @@ impl Verifier {
     /// never louder, so a flood of bad tokens cannot flood the logs. The
     /// token itself is never recorded.
     pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
-        self.verify_with(token, Lookups::Any).await
+        self.verify_with(token, Lookups::Any, self.span()).await
     }
 
-    /// [`verify`](Self::verify) for a caller that polls the future once, in
-    /// place, and needs no box when it is ready then: it answers exactly as
-    /// `verify` does when everything it needs is in the caches, and
-    /// otherwise stays pending having read no store and used up no `jti`
-    /// (it never runs with replay protection on, nor while the span is
-    /// enabled, so an abandoned attempt leaves no trace). The caller then
-    /// drops it and runs `verify`.
-    pub(crate) async fn verify_cached(&self, token: &str) -> Result<Principal, VerifyError> {
-        if self.inner.replay.is_some() || tracing::span_enabled!(tracing::Level::DEBUG) {
-            return std::future::pending().await;
-        }
-        self.verify_with(token, Lookups::CachedOnly).await
-    }
-
-    async fn verify_with(&self, token: &str, lookups: Lookups) -> Result<Principal, VerifyError> {
-        use tracing::Instrument;
+    /// The span of one verification (see [`verify`](Self::verify)).
+    pub(crate) fn span(&self) -> tracing::Span {
         use tracing::field::Empty;
-        let span = tracing::debug_span!(
+        tracing::debug_span!(
             "jwt_profile.verify",
             enduser.id = Empty,
             jwt_profile.org_id = Empty,
             jwt_profile.key_id = Empty,
             jwt_profile.kind = Empty,
             error.type = Empty,
-        );
+        )
+    }
+
+    /// [`verify`](Self::verify) in `span` (made by [`span`](Self::span)).
+    pub(crate) async fn verify_in(
+        &self,
+        token: &str,
+        span: tracing::Span,
+    ) -> Result<Principal, VerifyError> {
+        self.verify_with(token, Lookups::Any, span).await
+    }
+
+    /// [`verify`](Self::verify) for a caller that polls the future once, in
+    /// place, and needs no box when it is ready then: it answers exactly as
+    /// `verify` does when everything it needs is in the caches, and
+    /// otherwise stays pending having read no store and used up no `jti`
+    /// (it never runs with replay protection on). The caller then
+    /// drops it and runs [`verify_in`](Self::verify_in) in the same
+    /// `span`, so one verification has one span whichever way it went
+    /// (an abandoned attempt records nothing the full check does not
+    /// record again, and no outcome).
+    pub(crate) async fn verify_cached(
+        &self,
+        token: &str,
+        span: &tracing::Span,
+    ) -> Result<Principal, VerifyError> {
+        if self.inner.replay.is_some() {
+            return std::future::pending().await;
+        }
+        self.verify_with(token, Lookups::CachedOnly, span.clone())
+            .await
+    }
+
+    async fn verify_with(
+        &self,
+        token: &str,
+        lookups: Lookups,
+        span: tracing::Span,
+    ) -> Result<Principal, VerifyError> {
+        use tracing::Instrument;
         let started = crate::telemetry::Started::now();
         let mut kind = TokenKind::Assertion;
         let result = self

@@ -532,3 +532,72 @@ fn an_unavailable_store_shows_as_unavailable() {
         );
     }
 }
+
+/// Through the layer, which first checks a token in place from the caches
+/// and starts over with the full check when something is not cached: one
+/// verification, one span, with its outcome — cold key, warm key, and a
+/// refusal whose key is not cached.
+#[test]
+fn one_span_per_verification_through_the_layer_whichever_way_it_went() {
+    use std::convert::Infallible;
+    use tower::{Layer, ServiceExt};
+    let (records, ()) = capture(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let store = CachedStore::new(MemoryStore::new());
+            let keys = KeyService::new(store.clone());
+            let me = Principal::new("bot", "acme", "-");
+            let created = keys
+                .create(&me, None, "bot", CreateKey::default())
+                .await
+                .expect("create");
+            let bot =
+                AssertionSigner::from_key_file(&created.key_file.expect("file")).expect("signer");
+            let svc = jwt_profile::JwtProfileLayer::new(Verifier::new(
+                store.clone(),
+                Validation::new([AUD]),
+            ))
+            .layer(tower::service_fn(|_: http::Request<()>| async {
+                Ok::<_, Infallible>(http::Response::new(()))
+            }));
+            let call = |token: String| {
+                let svc = svc.clone();
+                async move {
+                    let req = http::Request::builder()
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(())
+                        .expect("request");
+                    svc.oneshot(req)
+                        .await
+                        .expect("infallible")
+                        .status()
+                        .as_u16()
+                }
+            };
+            store.invalidate(bot.key_id()).await;
+            assert_eq!(call(bot.sign(AUD).expect("sign")).await, 200, "cold");
+            assert_eq!(call(bot.sign(AUD).expect("sign")).await, 200, "warm");
+            keys.remove(&me, None, "bot", bot.key_id())
+                .await
+                .expect("remove");
+            store.invalidate(bot.key_id()).await;
+            assert_eq!(call(bot.sign(AUD).expect("sign")).await, 401, "removed");
+        })
+    });
+    let spans: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.span && r.name == "jwt_profile.verify")
+        .collect();
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let field = |s: &Record, f: &str| s.fields.get(f).cloned().unwrap_or_default();
+    for s in &spans {
+        assert_eq!(field(s, "jwt_profile.kind"), "assertion", "{s:#?}");
+        assert_eq!(field(s, "enduser.id"), "bot", "{s:#?}");
+    }
+    assert_eq!(field(spans[0], "error.type"), "");
+    assert_eq!(field(spans[1], "error.type"), "");
+    assert_eq!(field(spans[2], "error.type"), "TOKEN-unknown-key");
+}
