@@ -214,8 +214,8 @@ impl Verifier {
     /// depends on the order; only which one is reported first.
     ///
     /// Each verification runs in a `jwt_profile.verify` span (DEBUG, as
-    /// tower-http's request spans: a per-request span at INFO cost about
-    /// 1.8 µs per request under `tracing-subscriber`'s formatter) with the
+    /// tower-http's request spans: at INFO, under `tracing-subscriber`'s
+    /// formatter, it cost a reused `/whoami` a third of its throughput) with the
     /// fields `enduser.id`, `jwt_profile.org_id`, `jwt_profile.key_id`,
     /// `jwt_profile.kind` (`assertion` or `access_token`) and, on refusal,
     /// `error.type` (the reason's stable id); a refusal is one DEBUG event,
