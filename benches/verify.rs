@@ -13,7 +13,9 @@
 //! B, then B then A): `ratio NAME MEDIAN (p25 P25, p75 P75)`.
 //! `cargo bench --bench verify -- --ratios-only` skips criterion;
 //! `-- --floor-only` prints the RS256 floor alone (`floor rs256 US`), which
-//! `scripts/load.sh` measures on the server's core in every round.
+//! `scripts/load.sh` measures on the server's core in every round;
+//! `-- --loop fresh|floor|vk|access` runs one side alone for 10 s, for a
+//! profiler (`perf record --call-graph dwarf`).
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
@@ -439,8 +441,10 @@ fn main() {
     print_metrics_cost(&rt);
 }
 
-/// `-- --loop fresh|floor|access`: one side alone for 10 s, for a profiler
-/// (`perf record -g target/release/deps/verify-* --loop fresh`).
+/// `-- --loop fresh|floor|vk|access`: one side alone for 10 s, for a
+/// profiler (`perf record --call-graph dwarf target/release/deps/verify-*
+/// --loop fresh`): a fresh RS256 assertion, the floor, the stored key's own
+/// check (`VerifyingKey::verify`), an access token.
 fn profile_loop(rt: &tokio::runtime::Runtime, which: &str) {
     let (fresh_only, _, cases, _) = setup(rt);
     let rs = &cases[0];
