@@ -437,6 +437,9 @@ pub struct MachineKey {
 pub struct VerifyingKey {
     key: MachineKey,
     parsed: [std::sync::OnceLock<Option<ParsedPublicKey>>; 9],
+    /// When it was made from the stored key: a cache holding it holds it
+    /// since no earlier.
+    loaded_at: std::time::Instant,
 }
 
 impl fmt::Debug for VerifyingKey {
@@ -454,6 +457,7 @@ impl VerifyingKey {
         let vk = VerifyingKey {
             key,
             parsed: Default::default(),
+            loaded_at: std::time::Instant::now(),
         };
         let default = vk.key.public_key.kind().default_algorithm();
         let _ = vk.parsed_for(default);
@@ -463,6 +467,11 @@ impl VerifyingKey {
     /// The stored key.
     pub fn key(&self) -> &MachineKey {
         &self.key
+    }
+
+    /// When it was made from the stored key.
+    pub(crate) fn loaded_at(&self) -> std::time::Instant {
+        self.loaded_at
     }
 
     fn parsed_for(&self, alg: Algorithm) -> Option<&ParsedPublicKey> {
@@ -480,6 +489,23 @@ impl VerifyingKey {
             None => false,
         }
     }
+}
+
+/// The slot of `bytes` in a small per-thread table of `slots` entries: its
+/// length and two words from its middle and end, mixed. Not a defence: the
+/// tables compare the whole key on every hit, so a collision costs a miss,
+/// never a wrong answer.
+pub(crate) fn table_slot(bytes: &[u8], slots: usize) -> usize {
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        let end = (at + 8).min(bytes.len());
+        w[..end - at].copy_from_slice(&bytes[at..end]);
+        u64::from_le_bytes(w)
+    };
+    let mut h = bytes.len() as u64;
+    h = (h ^ word(bytes.len() / 2)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h = (h ^ word(bytes.len().saturating_sub(8))).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 58) as usize % slots
 }
 
 /// A freshly generated RSA-2048 key pair.

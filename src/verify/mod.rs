@@ -685,21 +685,8 @@ mod header_memo {
         static MEMO: RefCell<[Slot; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
     }
 
-    /// The slot of a segment: its length and two words from its middle and
-    /// end (where the `kid` is), mixed. Not a defence: a collision costs a
-    /// read, never a wrong answer (the whole segment is compared).
     fn slot(h64: &str) -> usize {
-        let b = h64.as_bytes();
-        let word = |at: usize| {
-            let mut w = [0u8; 8];
-            let end = (at + 8).min(b.len());
-            w[..end - at].copy_from_slice(&b[at..end]);
-            u64::from_le_bytes(w)
-        };
-        let mut h = b.len() as u64;
-        h = (h ^ word(b.len() / 2)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        h = (h ^ word(b.len().saturating_sub(8))).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (h >> 58) as usize % SLOTS
+        crate::key::table_slot(h64.as_bytes(), SLOTS)
     }
 
     pub(super) fn get(h64: &str) -> Option<KnownHeader> {
