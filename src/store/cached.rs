@@ -52,7 +52,13 @@ impl Default for CacheSettings {
     }
 }
 
-type Entry = Option<Arc<VerifyingKey>>;
+/// A cached answer: the key, or `None` for "unknown", with the cache's
+/// [`epoch`](CachedStore::epoch) read before the store read that found it.
+#[derive(Clone)]
+struct Entry {
+    key: Option<Arc<VerifyingKey>>,
+    epoch: u64,
+}
 
 struct EntryExpiry {
     ttl: Duration,
@@ -61,7 +67,7 @@ struct EntryExpiry {
 
 impl Expiry<String, Entry> for EntryExpiry {
     fn expire_after_create(&self, _key: &String, value: &Entry, _now: Instant) -> Option<Duration> {
-        Some(if value.is_some() {
+        Some(if value.key.is_some() {
             self.ttl
         } else {
             self.negative_ttl
@@ -103,6 +109,12 @@ pub struct CachedStore {
     stalled: Arc<AtomicBool>,
     /// Counts the cache's invalidations; see [`mirror`].
     generation: Arc<AtomicU64>,
+    /// Counts the times the change feed lost notifications (or stalled).
+    /// An entry answers only while the epoch is the one read before the
+    /// store read that filled it: moka's `invalidate_all` does not stop a
+    /// load in flight, which read the store before the lost change, from
+    /// inserting what it read afterwards.
+    epoch: Arc<AtomicU64>,
     /// This cache among others in the process, for [`mirror`].
     id: u64,
 }
@@ -336,6 +348,7 @@ impl CachedStore {
             directory,
             stalled: Arc::new(AtomicBool::new(false)),
             generation: Arc::new(AtomicU64::new(0)),
+            epoch: Arc::new(AtomicU64::new(0)),
             id: {
                 static NEXT: AtomicU64 = AtomicU64::new(0);
                 NEXT.fetch_add(1, Ordering::Relaxed)
@@ -361,6 +374,7 @@ impl CachedStore {
             directory: Arc::downgrade(&self.directory),
             stalled: self.stalled.clone(),
             generation: self.generation.clone(),
+            epoch: self.epoch.clone(),
         }
     }
 
@@ -413,7 +427,10 @@ impl CachedStore {
     /// Drops one key id from the cache (found or unknown), after any load
     /// of it in flight; the next lookup asks the store.
     pub async fn invalidate(&self, key_id: &str) {
-        forget(&self.cache, &self.generation, key_id).await;
+        let (cache, generation) = (self.cache.clone(), self.generation.clone());
+        let key_id = key_id.to_owned();
+        // Only a runtime shutting down stops it.
+        let _ = to_completion(async move { forget(&cache, &generation, &key_id).await }).await;
     }
 
     /// Approximate number of cached entries.
@@ -429,6 +446,7 @@ struct WeakCachedStore {
     directory: Weak<Directory>,
     stalled: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
+    epoch: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -452,7 +470,7 @@ impl CachedStore {
             return Ok(Some(key));
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        if let Some(hit) = self.cache.get(key_id).await {
+        if let Some(hit) = self.current(key_id).await {
             if let Some(key) = &hit {
                 mirror::put(self, key_id, key, generation);
             }
@@ -483,7 +501,7 @@ impl CachedStore {
             return Some(Ok(Some(key)));
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let hit = self.cache.get(key_id).await?;
+        let hit = self.current(key_id).await?;
         if let Some(key) = &hit {
             mirror::put(self, key_id, key, generation);
         }
@@ -492,6 +510,13 @@ impl CachedStore {
             None => CacheResult::NegativeHit,
         });
         Some(Ok(hit))
+    }
+
+    /// The cached answer for `key_id`, unless it is missing or filled
+    /// before the feed last lost notifications.
+    async fn current(&self, key_id: &str) -> Option<Option<Arc<VerifyingKey>>> {
+        let entry = self.cache.get(key_id).await?;
+        (entry.epoch == self.epoch.load(Ordering::SeqCst)).then_some(entry.key)
     }
 
     /// A miss: the store is read (within the miss budget) and the cache
@@ -508,20 +533,32 @@ impl CachedStore {
         // key back after the removal; concurrent misses share one load.
         let store = &self.store;
         let misses = &self.misses;
+        let epoch = &self.epoch;
         let outcome = self
             .cache
             .entry_by_ref(key_id)
             .and_try_compute_with(|existing| async move {
-                if existing.is_some() {
+                // Read before the store is: a flush after this makes the
+                // entry stale, whenever moka inserts it.
+                let now = epoch.load(Ordering::SeqCst);
+                if existing.as_ref().is_some_and(|e| e.value().epoch == now) {
                     return Ok(Op::Nop);
                 }
                 // Existing keys are always read; the budget only holds back
                 // ids the directory does not know.
                 if !may_read(listing, misses)? {
-                    return Ok(Op::Nop);
+                    // "Unknown" without a read; a stale entry is not an
+                    // answer.
+                    return Ok(match existing {
+                        Some(_) => Op::Remove,
+                        None => Op::Nop,
+                    });
                 }
                 let found = store.get(key_id).await?;
-                Ok::<_, StoreError>(Op::Put(found.map(|k| Arc::new(VerifyingKey::new(k)))))
+                Ok::<_, StoreError>(Op::Put(Entry {
+                    key: found.map(|k| Arc::new(VerifyingKey::new(k))),
+                    epoch: now,
+                }))
             })
             .await?;
         crate::telemetry::key_cache_size(
@@ -530,7 +567,7 @@ impl CachedStore {
         );
         Ok(match outcome {
             CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
-                e.into_value()
+                e.into_value().key
             }
             CompResult::Removed(_) | CompResult::StillNone(_) => None,
         })
@@ -569,8 +606,29 @@ fn may_read(listing: Listing, misses: &MissBudget) -> Result<bool, StoreError> {
     }
 }
 
+/// Runs a write and the invalidations that follow it to their end even if
+/// the caller stops waiting (a client that disconnects mid-request): a
+/// store write whose invalidation was cut short would leave the cache
+/// serving what the store no longer holds. Outside a tokio runtime it runs
+/// in place.
+async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, StoreError> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Ok(work.await);
+    };
+    match runtime.spawn(work).await {
+        Ok(done) => Ok(done),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StoreError::Unavailable(
+            "the runtime is shutting down".to_string(),
+        )),
+    }
+}
+
 /// Drops `key_id` from the cache after any load of it in flight, then
-/// invalidates every mirrored hit.
+/// invalidates every mirrored hit. Callers run it to completion (see
+/// [`to_completion`]).
 async fn forget(cache: &Cache<String, Entry>, generation: &AtomicU64, key_id: &str) {
     cache
         .entry_by_ref(key_id)
@@ -640,6 +698,16 @@ mod mirror {
     }
 }
 
+impl WeakCachedStore {
+    /// Drops every entry, those that loads in flight are about to insert
+    /// included (the epoch first), then every mirrored hit.
+    fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Applies changes announced by other processes to the cache and the
 /// directory, until the store is dropped.
 async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: WeakCachedStore) {
@@ -665,14 +733,12 @@ async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: 
                 // needs to clear anything.
                 if !target.stalled.swap(true, Ordering::AcqRel) {
                     directory.flush();
-                    target.cache.invalidate_all();
-                    target.generation.fetch_add(1, Ordering::SeqCst);
+                    target.flush();
                 }
             }
             Ok(KeyEvent::Flush) | Err(RecvError::Lagged(_)) => {
                 directory.flush();
-                target.cache.invalidate_all();
-                target.generation.fetch_add(1, Ordering::SeqCst);
+                target.flush();
                 target.stalled.store(false, Ordering::Release);
                 if let Some(store) = target.store.upgrade()
                     && let Err(why) = directory.load(&*store).await
@@ -688,14 +754,18 @@ async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: 
 #[async_trait]
 impl KeyStore for CachedStore {
     async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
-        let id = key.id.clone();
-        let inserted = self.store.insert(key).await;
-        if inserted.is_ok() {
-            self.directory.change(&id, true);
-        }
-        // Forget a remembered "unknown" for this id.
-        forget(&self.cache, &self.generation, &id).await;
-        inserted
+        let this = self.clone();
+        to_completion(async move {
+            let id = key.id.clone();
+            let inserted = this.store.insert(key).await;
+            if inserted.is_ok() {
+                this.directory.change(&id, true);
+            }
+            // Forget a remembered "unknown" for this id.
+            forget(&this.cache, &this.generation, &id).await;
+            inserted
+        })
+        .await?
     }
 
     async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
@@ -712,12 +782,16 @@ impl KeyStore for CachedStore {
     }
 
     async fn remove(&self, key_id: &str) -> Result<Option<Removed>, StoreError> {
-        let removed = self.store.remove(key_id).await;
-        forget(&self.cache, &self.generation, key_id).await;
-        if matches!(removed, Ok(Some(_))) {
-            self.directory.change(key_id, false);
-        }
-        removed
+        let (this, key_id) = (self.clone(), key_id.to_owned());
+        to_completion(async move {
+            let removed = this.store.remove(&key_id).await;
+            forget(&this.cache, &this.generation, &key_id).await;
+            if matches!(removed, Ok(Some(_))) {
+                this.directory.change(&key_id, false);
+            }
+            removed
+        })
+        .await?
     }
 
     async fn allocate_id(&self) -> Result<Option<String>, StoreError> {
@@ -742,6 +816,8 @@ mod tests {
         inner: MemoryStore,
         gate: Semaphore,
         gets: AtomicUsize,
+        /// A change feed the test drives, when set.
+        feed: Option<tokio::sync::broadcast::Sender<KeyEvent>>,
     }
 
     #[async_trait]
@@ -750,8 +826,8 @@ mod tests {
             self.inner.insert(key).await
         }
         async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
-            self.gets.fetch_add(1, Ordering::SeqCst);
             let found = self.inner.get(key_id).await;
+            self.gets.fetch_add(1, Ordering::SeqCst);
             let _permit = self.gate.acquire().await;
             found
         }
@@ -760,6 +836,9 @@ mod tests {
         }
         async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
             self.inner.remove(id).await
+        }
+        fn events(&self) -> Option<tokio::sync::broadcast::Receiver<KeyEvent>> {
+            self.feed.as_ref().map(|f| f.subscribe())
         }
     }
 
@@ -782,6 +861,7 @@ mod tests {
             inner: MemoryStore::new(),
             gate: Semaphore::new(0),
             gets: AtomicUsize::new(0),
+            feed: None,
         });
         let cached = CachedStore::new(gated.clone());
         cached.insert(new_key("1")).await.expect("insert");
@@ -811,11 +891,102 @@ mod tests {
         );
     }
 
+    /// A feed that lost notifications (reconnected, lagged) while a load
+    /// was reading the store: what that load read may predate a removal the
+    /// cache was never told of, and moka's `invalidate_all` does not stop
+    /// the load from inserting it afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_in_flight_cannot_outlive_a_flush() {
+        for event in [KeyEvent::Flush, KeyEvent::Stalled] {
+            let (feed, _) = tokio::sync::broadcast::channel(8);
+            let gated = Arc::new(Gated {
+                inner: MemoryStore::new(),
+                gate: Semaphore::new(0),
+                gets: AtomicUsize::new(0),
+                feed: Some(feed.clone()),
+            });
+            let cached = CachedStore::new(gated.clone());
+            cached.insert(new_key("1")).await.expect("insert");
+            let loader = tokio::spawn({
+                let cached = cached.clone();
+                async move { cached.lookup("1").await }
+            });
+            while gated.gets.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+            // Removed elsewhere; the notification is lost, the feed says so.
+            gated.inner.remove("1").await.expect("remove");
+            let before = cached.generation.load(Ordering::SeqCst);
+            feed.send(event.clone()).expect("send");
+            while cached.generation.load(Ordering::SeqCst) == before {
+                tokio::task::yield_now().await;
+            }
+            if event == KeyEvent::Stalled {
+                feed.send(KeyEvent::Flush).expect("send");
+                while cached.stalled.load(Ordering::SeqCst) {
+                    tokio::task::yield_now().await;
+                }
+            }
+            gated.gate.add_permits(100);
+            let read = loader.await.expect("join").expect("lookup");
+            assert!(read.is_some(), "read before the removal");
+            assert!(
+                !matches!(cached.find_cached("1").await, Some(Ok(Some(_)))),
+                "{event:?}: the in-place check answered from a stale entry"
+            );
+            assert!(
+                cached.lookup("1").await.expect("lookup").is_none(),
+                "{event:?}: a key removed before the flush came back"
+            );
+        }
+    }
+
+    /// A removal whose caller stops waiting (a client that disconnects
+    /// while the removal waits for a load of the same key) still leaves
+    /// the cache.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removal_whose_caller_went_away_still_leaves_the_cache() {
+        let gated = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Semaphore::new(0),
+            gets: AtomicUsize::new(0),
+            feed: None,
+        });
+        let cached = CachedStore::new(gated.clone());
+        cached.insert(new_key("1")).await.expect("insert");
+        let loader = tokio::spawn({
+            let cached = cached.clone();
+            async move { cached.lookup("1").await }
+        });
+        while gated.gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let gone = std::time::Duration::from_millis(100);
+        assert!(
+            tokio::time::timeout(gone, cached.remove("1"))
+                .await
+                .is_err(),
+            "the removal waits for the load, and its caller gives up"
+        );
+        assert!(gated.inner.get("1").await.expect("get").is_none());
+        gated.gate.add_permits(100);
+        assert!(loader.await.expect("join").expect("lookup").is_some());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while cached.lookup("1").await.expect("lookup").is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the removed key is still served from the cache"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     fn gated() -> Arc<Gated> {
         Arc::new(Gated {
             inner: MemoryStore::new(),
             gate: Semaphore::new(10_000),
             gets: AtomicUsize::new(0),
+            feed: None,
         })
     }
 
@@ -904,6 +1075,7 @@ mod tests {
             inner: MemoryStore::new(),
             gate: Semaphore::new(0),
             gets: AtomicUsize::new(0),
+            feed: None,
         });
         let cached = CachedStore::new(gated.clone());
         let lookups: Vec<_> = (0..20)
