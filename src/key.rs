@@ -491,9 +491,10 @@ impl VerifyingKey {
     }
 }
 
-/// The slot of `bytes` in a small per-thread table of `slots` entries: its
-/// length and two words from its middle and end, mixed. Not a defence: the
-/// tables compare the whole key on every hit, so a collision costs a miss,
+/// The slot of `bytes` in a small table of `slots` entries: its length and
+/// two words from its middle and end, mixed. Not a defence: the tables
+/// compare the whole key on every hit (or, for the key cache's invalidation
+/// stamps, make a colliding id's entry stale), so a collision costs a miss,
 /// never a wrong answer.
 pub(crate) fn table_slot(bytes: &[u8], slots: usize) -> usize {
     let word = |at: usize| {
@@ -505,7 +506,8 @@ pub(crate) fn table_slot(bytes: &[u8], slots: usize) -> usize {
     let mut h = bytes.len() as u64;
     h = (h ^ word(bytes.len() / 2)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     h = (h ^ word(bytes.len().saturating_sub(8))).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (h >> 58) as usize % slots
+    // The top bits, scaled to `slots` (for 64 slots: `h >> 58`).
+    ((u128::from(h) * slots as u128) >> 64) as usize
 }
 
 /// A freshly generated RSA-2048 key pair.

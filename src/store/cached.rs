@@ -53,11 +53,48 @@ impl Default for CacheSettings {
 }
 
 /// A cached answer: the key, or `None` for "unknown", with the cache's
-/// [`epoch`](CachedStore::epoch) read before the store read that found it.
+/// generation read before the store read that found it (see [`Stamps`]).
 #[derive(Clone)]
 struct Entry {
     key: Option<Arc<VerifyingKey>>,
-    epoch: u64,
+    loaded: u64,
+}
+
+/// When each key id was last invalidated, so that no entry filled from a
+/// store read that began before an invalidation answers after it — whenever
+/// moka inserts it, with no lock and no waiting for loads in flight.
+///
+/// Every invalidation takes the next value of the cache's generation and
+/// raises the stamp of the id's slot to it (a removal, an insert, a change
+/// announced by the feed), or the stamp of every id (a flushed or stalled
+/// feed). An entry answers only if the generation it read before its store
+/// read is at least its slot's stamp and the flush stamp. Ids sharing a
+/// slot share a stamp: a collision costs a store read, never a wrong
+/// answer.
+struct Stamps {
+    slots: Box<[AtomicU64]>,
+    flushed: AtomicU64,
+}
+
+impl Stamps {
+    const SLOTS: usize = 4096;
+
+    fn new() -> Stamps {
+        Stamps {
+            slots: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            flushed: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self, key_id: &str) -> &AtomicU64 {
+        &self.slots[crate::key::table_slot(key_id.as_bytes(), Self::SLOTS)]
+    }
+
+    /// Whether `entry` for `key_id` was loaded after its last invalidation.
+    fn current(&self, key_id: &str, entry: &Entry) -> bool {
+        entry.loaded >= self.flushed.load(Ordering::SeqCst)
+            && entry.loaded >= self.slot(key_id).load(Ordering::SeqCst)
+    }
 }
 
 struct EntryExpiry {
@@ -107,14 +144,9 @@ pub struct CachedStore {
     /// The change feed said it cannot vouch for what the cache holds
     /// ([`KeyEvent::Stalled`]): every lookup asks the store until it is back.
     stalled: Arc<AtomicBool>,
-    /// Counts the cache's invalidations; see [`mirror`].
+    /// Counts the cache's invalidations; see [`Stamps`] and [`mirror`].
     generation: Arc<AtomicU64>,
-    /// Counts the times the change feed lost notifications (or stalled).
-    /// An entry answers only while the epoch is the one read before the
-    /// store read that filled it: moka's `invalidate_all` does not stop a
-    /// load in flight, which read the store before the lost change, from
-    /// inserting what it read afterwards.
-    epoch: Arc<AtomicU64>,
+    stamps: Arc<Stamps>,
     /// This cache among others in the process, for [`mirror`].
     id: u64,
 }
@@ -270,6 +302,17 @@ impl Directory {
         if self.loading.swap(true, Ordering::AcqRel) {
             return Ok(false);
         }
+        // Ends the load however it ends, a caller that stops waiting
+        // included (else no load would ever start again).
+        struct Loading<'a>(&'a Directory);
+        impl Drop for Loading<'_> {
+            fn drop(&mut self) {
+                self.0.lock().during_load = None;
+                self.0.loading.store(false, Ordering::Release);
+                self.0.loaded.notify_waiters();
+            }
+        }
+        let _loading = Loading(self);
         let flushes = {
             let mut state = self.lock();
             state.during_load = Some(Vec::new());
@@ -300,8 +343,6 @@ impl Directory {
             Err(e) => Err(e),
         };
         drop(state);
-        self.loading.store(false, Ordering::Release);
-        self.loaded.notify_waiters();
         result
     }
 
@@ -348,7 +389,7 @@ impl CachedStore {
             directory,
             stalled: Arc::new(AtomicBool::new(false)),
             generation: Arc::new(AtomicU64::new(0)),
-            epoch: Arc::new(AtomicU64::new(0)),
+            stamps: Arc::new(Stamps::new()),
             id: {
                 static NEXT: AtomicU64 = AtomicU64::new(0);
                 NEXT.fetch_add(1, Ordering::Relaxed)
@@ -374,7 +415,7 @@ impl CachedStore {
             directory: Arc::downgrade(&self.directory),
             stalled: self.stalled.clone(),
             generation: self.generation.clone(),
-            epoch: self.epoch.clone(),
+            stamps: self.stamps.clone(),
         }
     }
 
@@ -424,13 +465,10 @@ impl CachedStore {
         self.ttl
     }
 
-    /// Drops one key id from the cache (found or unknown), after any load
-    /// of it in flight; the next lookup asks the store.
+    /// Drops one key id from the cache (found or unknown), what loads of it
+    /// in flight will insert included: the next lookup asks the store.
     pub async fn invalidate(&self, key_id: &str) {
-        let (cache, generation) = (self.cache.clone(), self.generation.clone());
-        let key_id = key_id.to_owned();
-        // Only a runtime shutting down stops it.
-        let _ = to_completion(async move { forget(&cache, &generation, &key_id).await }).await;
+        forget(&self.generation, &self.stamps, key_id);
     }
 
     /// Approximate number of cached entries.
@@ -446,7 +484,7 @@ struct WeakCachedStore {
     directory: Weak<Directory>,
     stalled: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
-    epoch: Arc<AtomicU64>,
+    stamps: Arc<Stamps>,
 }
 
 #[async_trait]
@@ -516,7 +554,7 @@ impl CachedStore {
     /// before the feed last lost notifications.
     async fn current(&self, key_id: &str) -> Option<Option<Arc<VerifyingKey>>> {
         let entry = self.cache.get(key_id).await?;
-        (entry.epoch == self.epoch.load(Ordering::SeqCst)).then_some(entry.key)
+        self.stamps.current(key_id, &entry).then_some(entry.key)
     }
 
     /// A miss: the store is read (within the miss budget) and the cache
@@ -528,20 +566,23 @@ impl CachedStore {
         {
             self.spawn_load(&runtime);
         }
-        // Loads and removals of one id go through moka's per-key compute
-        // lock, so a load in flight when a key is removed cannot put the old
-        // key back after the removal; concurrent misses share one load.
+        // Concurrent misses of one id share one load (moka's per-key
+        // compute lock); each waiting lookup checks what the load before it
+        // inserted, so one that began after an invalidation reads the store.
         let store = &self.store;
         let misses = &self.misses;
-        let epoch = &self.epoch;
+        let (generation, stamps) = (&self.generation, &self.stamps);
         let outcome = self
             .cache
             .entry_by_ref(key_id)
             .and_try_compute_with(|existing| async move {
-                // Read before the store is: a flush after this makes the
-                // entry stale, whenever moka inserts it.
-                let now = epoch.load(Ordering::SeqCst);
-                if existing.as_ref().is_some_and(|e| e.value().epoch == now) {
+                // Read before the store is: an invalidation after this makes
+                // the entry stale, whenever moka inserts it.
+                let loaded = generation.load(Ordering::SeqCst);
+                if existing
+                    .as_ref()
+                    .is_some_and(|e| stamps.current(key_id, e.value()))
+                {
                     return Ok(Op::Nop);
                 }
                 // Existing keys are always read; the budget only holds back
@@ -557,7 +598,7 @@ impl CachedStore {
                 let found = store.get(key_id).await?;
                 Ok::<_, StoreError>(Op::Put(Entry {
                     key: found.map(|k| Arc::new(VerifyingKey::new(k))),
-                    epoch: now,
+                    loaded,
                 }))
             })
             .await?;
@@ -626,15 +667,13 @@ async fn to_completion<T: Send + 'static>(
     }
 }
 
-/// Drops `key_id` from the cache after any load of it in flight, then
-/// invalidates every mirrored hit. Callers run it to completion (see
-/// [`to_completion`]).
-async fn forget(cache: &Cache<String, Entry>, generation: &AtomicU64, key_id: &str) {
-    cache
-        .entry_by_ref(key_id)
-        .and_compute_with(|_| async { Op::Remove })
-        .await;
-    generation.fetch_add(1, Ordering::SeqCst);
+/// Invalidates `key_id` (its entry, and whatever loads of it in flight will
+/// insert) and every mirrored hit, at once: no lock, no waiting for a load.
+/// The stale entry stays in moka, refused, until a lookup replaces it or it
+/// expires.
+fn forget(generation: &AtomicU64, stamps: &Stamps, key_id: &str) {
+    let now = generation.fetch_add(1, Ordering::SeqCst) + 1;
+    stamps.slot(key_id).fetch_max(now, Ordering::SeqCst);
 }
 
 /// Key-cache hits, mirrored per thread: a moka read costs about 0.4 µs (a
@@ -644,9 +683,10 @@ async fn forget(cache: &Cache<String, Entry>, generation: &AtomicU64, key_id: &s
 /// - while the cache's `generation` is what it was just *before* the moka
 ///   read that found the key: every invalidation (a removal here, a change
 ///   announced by the feed, a stalled or flushed feed, an insert) bumps it
-///   *after* moka has dropped the entry, so a mirrored key is never served
-///   once the invalidation that dropped it has returned, and a read that
-///   raced with it carries the older generation; and
+///   first thing, so a mirrored key is never served once an invalidation
+///   has begun, and a read that raced with it carries the older generation
+///   (and found an entry the [`Stamps`] refuse, or one loaded after the
+///   invalidation); and
 /// - until the key's load time plus the cache's TTL: no later than moka's
 ///   own entry, which was inserted after the key was loaded;
 ///
@@ -699,12 +739,12 @@ mod mirror {
 }
 
 impl WeakCachedStore {
-    /// Drops every entry, those that loads in flight are about to insert
-    /// included (the epoch first), then every mirrored hit.
+    /// Invalidates every entry, those that loads in flight will insert
+    /// included, and every mirrored hit; moka drops them too.
     fn flush(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let now = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.stamps.flushed.fetch_max(now, Ordering::SeqCst);
         self.cache.invalidate_all();
-        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -722,10 +762,10 @@ async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: 
                 // Listed before the negative entry goes, so the next
                 // lookup reads the store.
                 directory.change(&id, true);
-                forget(&target.cache, &target.generation, &id).await;
+                forget(&target.generation, &target.stamps, &id);
             }
             Ok(KeyEvent::Removed(id)) => {
-                forget(&target.cache, &target.generation, &id).await;
+                forget(&target.generation, &target.stamps, &id);
                 directory.change(&id, false);
             }
             Ok(KeyEvent::Stalled) => {
@@ -740,10 +780,14 @@ async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: 
                 directory.flush();
                 target.flush();
                 target.stalled.store(false, Ordering::Release);
-                if let Some(store) = target.store.upgrade()
-                    && let Err(why) = directory.load(&*store).await
-                {
-                    tracing::warn!(%why, "cannot reload the directory of key ids");
+                // In the background: a slow scan must not hold back the
+                // events after this one.
+                if let Some(store) = target.store.upgrade() {
+                    tokio::spawn(async move {
+                        if let Err(why) = directory.load(&*store).await {
+                            tracing::warn!(%why, "cannot reload the directory of key ids");
+                        }
+                    });
                 }
             }
             Err(RecvError::Closed) => return,
@@ -762,7 +806,7 @@ impl KeyStore for CachedStore {
                 this.directory.change(&id, true);
             }
             // Forget a remembered "unknown" for this id.
-            forget(&this.cache, &this.generation, &id).await;
+            forget(&this.generation, &this.stamps, &id);
             inserted
         })
         .await?
@@ -785,7 +829,7 @@ impl KeyStore for CachedStore {
         let (this, key_id) = (self.clone(), key_id.to_owned());
         to_completion(async move {
             let removed = this.store.remove(&key_id).await;
-            forget(&this.cache, &this.generation, &key_id).await;
+            forget(&this.generation, &this.stamps, &key_id);
             if matches!(removed, Ok(Some(_))) {
                 this.directory.change(&key_id, false);
             }
@@ -818,6 +862,8 @@ mod tests {
         gets: AtomicUsize,
         /// A change feed the test drives, when set.
         feed: Option<tokio::sync::broadcast::Sender<KeyEvent>>,
+        /// A removal is done at once and answered once a permit is free.
+        answers: Semaphore,
     }
 
     #[async_trait]
@@ -835,7 +881,9 @@ mod tests {
             self.inner.list(u, o, q).await
         }
         async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
-            self.inner.remove(id).await
+            let removed = self.inner.remove(id).await;
+            let _permit = self.answers.acquire().await;
+            removed
         }
         fn events(&self) -> Option<tokio::sync::broadcast::Receiver<KeyEvent>> {
             self.feed.as_ref().map(|f| f.subscribe())
@@ -862,6 +910,7 @@ mod tests {
             gate: Semaphore::new(0),
             gets: AtomicUsize::new(0),
             feed: None,
+            answers: Semaphore::new(10_000),
         });
         let cached = CachedStore::new(gated.clone());
         cached.insert(new_key("1")).await.expect("insert");
@@ -904,6 +953,7 @@ mod tests {
                 gate: Semaphore::new(0),
                 gets: AtomicUsize::new(0),
                 feed: Some(feed.clone()),
+                answers: Semaphore::new(10_000),
             });
             let cached = CachedStore::new(gated.clone());
             cached.insert(new_key("1")).await.expect("insert");
@@ -942,35 +992,31 @@ mod tests {
     }
 
     /// A removal whose caller stops waiting (a client that disconnects
-    /// while the removal waits for a load of the same key) still leaves
-    /// the cache.
+    /// while the store's answer is slow, after the store removed the key)
+    /// still leaves the cache.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_removal_whose_caller_went_away_still_leaves_the_cache() {
         let gated = Arc::new(Gated {
             inner: MemoryStore::new(),
-            gate: Semaphore::new(0),
+            gate: Semaphore::new(10_000),
             gets: AtomicUsize::new(0),
             feed: None,
+            answers: Semaphore::new(0),
         });
         let cached = CachedStore::new(gated.clone());
         cached.insert(new_key("1")).await.expect("insert");
-        let loader = tokio::spawn({
-            let cached = cached.clone();
-            async move { cached.lookup("1").await }
-        });
-        while gated.gets.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
+        for _ in 0..2 {
+            assert!(cached.lookup("1").await.expect("lookup").is_some());
         }
         let gone = std::time::Duration::from_millis(100);
         assert!(
             tokio::time::timeout(gone, cached.remove("1"))
                 .await
                 .is_err(),
-            "the removal waits for the load, and its caller gives up"
+            "the store's answer is slow, and the removal's caller gives up"
         );
         assert!(gated.inner.get("1").await.expect("get").is_none());
-        gated.gate.add_permits(100);
-        assert!(loader.await.expect("join").expect("lookup").is_some());
+        gated.answers.add_permits(100);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while cached.lookup("1").await.expect("lookup").is_some() {
             assert!(
@@ -987,6 +1033,7 @@ mod tests {
             gate: Semaphore::new(10_000),
             gets: AtomicUsize::new(0),
             feed: None,
+            answers: Semaphore::new(10_000),
         })
     }
 
@@ -1076,6 +1123,7 @@ mod tests {
             gate: Semaphore::new(0),
             gets: AtomicUsize::new(0),
             feed: None,
+            answers: Semaphore::new(10_000),
         });
         let cached = CachedStore::new(gated.clone());
         let lookups: Vec<_> = (0..20)
@@ -1091,5 +1139,315 @@ mod tests {
         }
         assert!(cached.lookup("unknown").await.expect("lookup").is_none());
         assert_eq!(gated.gets.load(Ordering::SeqCst), 1);
+    }
+
+    /// Takes every permit of a gate back (closes it) once they are all free.
+    async fn close(gate: &Semaphore, permits: u32) {
+        gate.acquire_many(permits).await.expect("gate").forget();
+    }
+
+    /// Evicts `id` from moka by capacity (not by any invalidation: the
+    /// generation does not move), without touching this thread's mirror.
+    async fn evict_by_capacity(cached: &CachedStore, store: &Gated, id: &str) {
+        for round in 0..50 {
+            for n in 0..8 {
+                let other = format!("other-{round}-{n}");
+                store.inner.insert(new_key(&other)).await.expect("insert");
+                cached.load(&other).await.expect("load");
+                for _ in 0..20 {
+                    let _ = cached.cache.get(&other).await;
+                }
+            }
+            cached.cache.run_pending_tasks().await;
+            if !cached.cache.contains_key(id) {
+                return;
+            }
+        }
+        panic!("{id} was never evicted");
+    }
+
+    /// A key mirrored on this thread, evicted from moka by capacity (the
+    /// generation does not move), then loaded again by a lookup on another
+    /// thread whose store read is slow, and removed through this cache
+    /// meanwhile: the mirror stops answering when the removal begins its
+    /// invalidation, not when the slow load ends (an outside review found
+    /// it answering for as long as the load took, when a removal waited
+    /// for loads on moka's per-key lock).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_mirror_does_not_answer_once_a_removal_began_while_a_load_is_slow() {
+        let store = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Semaphore::new(10_000),
+            gets: AtomicUsize::new(0),
+            feed: None,
+            answers: Semaphore::new(10_000),
+        });
+        let settings = CacheSettings {
+            max_entries: 4,
+            ..CacheSettings::default()
+        };
+        let cached = CachedStore::with_settings(store.clone(), settings);
+        cached.insert(new_key("1")).await.expect("insert");
+        for _ in 0..3 {
+            assert!(cached.lookup("1").await.expect("lookup").is_some());
+        }
+        assert!(mirror::get(&cached, "1").is_some(), "mirrored here");
+        evict_by_capacity(&cached, &store, "1").await;
+        assert!(
+            mirror::get(&cached, "1").is_some(),
+            "eviction leaves the mirror"
+        );
+
+        // A lookup elsewhere (another thread) misses and reads the store slowly.
+        close(&store.gate, 10_000).await;
+        let reads = store.gets.load(Ordering::SeqCst);
+        let loader = std::thread::spawn({
+            let cached = cached.clone();
+            move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(async move { cached.lookup("1").await })
+            }
+        });
+        while store.gets.load(Ordering::SeqCst) == reads {
+            tokio::task::yield_now().await;
+        }
+        // Removed through this cache; the caller goes away (or not: the
+        // spawned removal is what matters).
+        let remover = tokio::spawn({
+            let cached = cached.clone();
+            async move { cached.remove("1").await }
+        });
+        while store.inner.get("1").await.expect("get").is_some() {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // (A lookup that is not answered at once waits for the load: not served.)
+        let served = matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), cached.lookup("1")).await,
+            Ok(Ok(Some(_)))
+        );
+        store.gate.add_permits(10_000);
+        let _ = loader.join();
+        assert!(remover.await.expect("join").expect("remove").is_some());
+        assert!(
+            !served,
+            "removal under way, store empty: the mirror still answered the key"
+        );
+    }
+
+    /// A load in flight when a key is removed through this cache inserts
+    /// what it read before the removal; no lookup begun after the removal
+    /// began its invalidation gets it, however long the removal's own task
+    /// waits to run (here the loader's task goes on with CPU work after its
+    /// lookup, as a verification does, on the runtime thread that also runs
+    /// the removal).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_load_in_flight_read_before_a_removal_is_never_served_after_it() {
+        let store = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Semaphore::new(0),
+            gets: AtomicUsize::new(0),
+            feed: None,
+            answers: Semaphore::new(10_000),
+        });
+        let cached = CachedStore::new(store.clone());
+        cached.insert(new_key("1")).await.expect("insert");
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn({
+            let (cached, store) = (cached.clone(), store.clone());
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let loader = tokio::spawn({
+                        let cached = cached.clone();
+                        async move {
+                            let found = cached.lookup("1").await;
+                            // The verification that follows the lookup.
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                            found
+                        }
+                    });
+                    while store.gets.load(Ordering::SeqCst) == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    let remover = tokio::spawn({
+                        let cached = cached.clone();
+                        async move { cached.remove("1").await }
+                    });
+                    while store.inner.get("1").await.expect("get").is_some() {
+                        tokio::task::yield_now().await;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    started_tx.send(()).expect("send");
+                    let _ = loader.await;
+                    remover.await.expect("join").expect("remove")
+                })
+            }
+        });
+        // The store no longer holds the key; the removal has begun its
+        // invalidation (it waits for the load).
+        started_rx.recv().expect("recv");
+        assert!(store.inner.get("1").await.expect("get").is_none());
+        store.gate.add_permits(10_000);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(250);
+        let mut served = false;
+        while std::time::Instant::now() < deadline && !served {
+            if cached.cache.contains_key("1") {
+                served = cached.lookup("1").await.expect("lookup").is_some();
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(other.join().expect("thread").is_some());
+        assert!(
+            !served,
+            "a lookup begun after the removal started its invalidation got the removed key"
+        );
+    }
+
+    /// The change feed's follower applies events one at a time, and none
+    /// waits for a load in flight: one slow store read (a database that is
+    /// failing: exactly when the feed stalls) holds back no event behind
+    /// it, `Removed` of other cached keys and `Stalled` included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_load_holds_back_no_feed_event() {
+        let (feed, _) = tokio::sync::broadcast::channel(64);
+        let store = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Semaphore::new(10_000),
+            gets: AtomicUsize::new(0),
+            feed: Some(feed.clone()),
+            answers: Semaphore::new(10_000),
+        });
+        let cached = CachedStore::new(store.clone());
+        cached.insert(new_key("a")).await.expect("insert");
+        cached.insert(new_key("b")).await.expect("insert");
+        assert!(cached.lookup("b").await.expect("lookup").is_some());
+        // The database slows down: a lookup of "a" is in flight.
+        close(&store.gate, 10_000).await;
+        let reads = store.gets.load(Ordering::SeqCst);
+        let loader = tokio::spawn({
+            let cached = cached.clone();
+            async move { cached.lookup("a").await }
+        });
+        while store.gets.load(Ordering::SeqCst) == reads {
+            tokio::task::yield_now().await;
+        }
+        // Another process removes "a" and "b"; both are announced; then the
+        // feed stalls.
+        store.inner.remove("a").await.expect("remove");
+        store.inner.remove("b").await.expect("remove");
+        feed.send(KeyEvent::Removed("a".into())).expect("send");
+        feed.send(KeyEvent::Removed("b".into())).expect("send");
+        feed.send(KeyEvent::Stalled).expect("send");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let cached_only = cached.find_cached("b").await;
+        let served = matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), cached.lookup("b")).await,
+            Ok(Ok(Some(_)))
+        );
+        store.gate.add_permits(10_000);
+        let _ = loader.await;
+        assert!(
+            !served && !matches!(cached_only, Some(Ok(Some(_)))),
+            "Removed(b) and Stalled delivered 200 ms ago: b still served from the cache"
+        );
+    }
+
+    /// A store whose `key_ids` (the directory reload) waits for a gate.
+    struct SlowIds {
+        inner: Arc<Gated>,
+        ids_gate: Semaphore,
+    }
+
+    #[async_trait]
+    impl KeyStore for SlowIds {
+        async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
+            self.inner.insert(key).await
+        }
+        async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
+            self.inner.get(key_id).await
+        }
+        async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
+            self.inner.list(u, o, q).await
+        }
+        async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
+            self.inner.remove(id).await
+        }
+        fn events(&self) -> Option<tokio::sync::broadcast::Receiver<KeyEvent>> {
+            self.inner.events()
+        }
+        async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+            let _permit = self.ids_gate.acquire().await;
+            self.inner.inner.key_ids().await
+        }
+    }
+
+    /// On `Flush` the directory (every key id) reloads in the background: a
+    /// slow reload holds back no `Removed` or `Stalled` announced meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_directory_reload_holds_back_no_feed_event() {
+        let (feed, _) = tokio::sync::broadcast::channel(64);
+        let gated = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Semaphore::new(10_000),
+            gets: AtomicUsize::new(0),
+            feed: Some(feed.clone()),
+            answers: Semaphore::new(10_000),
+        });
+        let store = Arc::new(SlowIds {
+            inner: gated.clone(),
+            ids_gate: Semaphore::new(10_000),
+        });
+        let cached = CachedStore::new(store.clone());
+        assert!(cached.load_directory().await.expect("directory"));
+        cached.insert(new_key("b")).await.expect("insert");
+        close(&store.ids_gate, 10_000).await;
+        // The feed reconnects; the directory reload is slow.
+        let before = cached.generation.load(Ordering::SeqCst);
+        feed.send(KeyEvent::Flush).expect("send");
+        while cached.generation.load(Ordering::SeqCst) == before {
+            tokio::task::yield_now().await;
+        }
+        assert!(cached.lookup("b").await.expect("lookup").is_some());
+        gated.inner.remove("b").await.expect("remove");
+        feed.send(KeyEvent::Removed("b".into())).expect("send");
+        feed.send(KeyEvent::Stalled).expect("send");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let served = cached.lookup("b").await.expect("lookup").is_some();
+        store.ids_gate.add_permits(10_000);
+        assert!(
+            !served,
+            "Removed(b) and Stalled delivered 200 ms ago: b still served from the cache"
+        );
+    }
+
+    /// A directory load whose caller stops waiting ends with it: later
+    /// loads run (a load left marked "running" would keep the directory
+    /// from ever being current again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_directory_load_given_up_does_not_block_the_next() {
+        let store = Arc::new(SlowIds {
+            inner: gated(),
+            ids_gate: Semaphore::new(10_000),
+        });
+        let cached = CachedStore::new(store.clone());
+        assert!(cached.load_directory().await.expect("directory"));
+        close(&store.ids_gate, 10_000).await;
+        let gone = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(gone, cached.load_directory())
+                .await
+                .is_err()
+        );
+        store.ids_gate.add_permits(10_000);
+        let again = std::time::Duration::from_secs(2);
+        let loaded = tokio::time::timeout(again, cached.load_directory()).await;
+        assert!(matches!(loaded, Ok(Ok(true))), "the next load did not run");
     }
 }
