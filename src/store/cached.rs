@@ -110,6 +110,19 @@ impl Expiry<String, Entry> for EntryExpiry {
             self.negative_ttl
         })
     }
+
+    /// A replaced (stale) entry's lifetime starts over, by the new answer's
+    /// rule: "unknown" put over a found key lives `negative_ttl`, not what
+    /// was left of the key's `ttl` (moka's default keeps that).
+    fn expire_after_update(
+        &self,
+        key: &String,
+        value: &Entry,
+        now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, now)
+    }
 }
 
 /// A cache (moka) in front of any [`KeyStore`], with a directory of the
@@ -1449,5 +1462,31 @@ mod tests {
         let again = std::time::Duration::from_secs(2);
         let loaded = tokio::time::timeout(again, cached.load_directory()).await;
         assert!(matches!(loaded, Ok(Ok(true))), "the next load did not run");
+    }
+
+    /// "Unknown" put over a stale found key lives `negative_ttl`, not what
+    /// was left of the key's `ttl`.
+    #[tokio::test]
+    async fn unknown_over_a_stale_key_lives_the_negative_ttl() {
+        let settings = CacheSettings {
+            ttl: std::time::Duration::from_secs(60),
+            negative_ttl: std::time::Duration::from_millis(100),
+            ..CacheSettings::default()
+        };
+        let store = gated();
+        let cached = CachedStore::with_settings(store.clone(), settings);
+        store.inner.insert(new_key("1")).await.expect("insert");
+        assert!(cached.lookup("1").await.expect("lookup").is_some());
+        // Gone behind the cache's back, and invalidated: "unknown" replaces it.
+        store.inner.remove("1").await.expect("remove");
+        cached.invalidate("1").await;
+        assert!(cached.lookup("1").await.expect("lookup").is_none());
+        // Back behind the cache's back (no feed): seen after negative_ttl.
+        store.inner.insert(new_key("1")).await.expect("insert");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            cached.lookup("1").await.expect("lookup").is_some(),
+            "\"unknown\" outlived negative_ttl"
+        );
     }
 }
