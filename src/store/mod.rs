@@ -208,9 +208,16 @@ pub enum KeyEvent {
     /// Also ends a [`Stalled`](KeyEvent::Stalled) period.
     Flush,
     /// The feed cannot show that it delivers changes (no heartbeat, or its
-    /// connection failed): until the next [`Flush`](KeyEvent::Flush), a
-    /// cache must not answer from what it holds, only from the store.
+    /// connection failed): until the next [`Flush`](KeyEvent::Flush) (or
+    /// [`Current`](KeyEvent::Current)), a cache must not answer from what it
+    /// holds, only from the store.
     Stalled,
+    /// The feed is current (repeated while it is, at most every 100 ms on
+    /// PostgreSQL). Ends a [`Stalled`](KeyEvent::Stalled) period for a
+    /// cache that lost the [`Flush`](KeyEvent::Flush) which ended it: a
+    /// receiver that lags flushes everything, and the lag does not end the
+    /// stall by itself.
+    Current,
 }
 
 /// A key to insert; the store assigns its `sequence`.

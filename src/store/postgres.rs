@@ -263,7 +263,8 @@ fn store_id() -> String {
 /// ago has come back through it (a silent, broken, or merely slow
 /// connection), caches are told [`KeyEvent::Stalled`] and ask the store for
 /// every key until the feed is current again, which is announced with
-/// [`KeyEvent::Flush`]. A partition, a stalled connection or a lagging feed
+/// [`KeyEvent::Flush`] (and, while it lasts, with [`KeyEvent::Current`]
+/// every [`CHECK_EVERY`], for caches whose receiver lagged). A partition, a stalled connection or a lagging feed
 /// therefore fails closed within a second; it never leaves caches serving
 /// removed keys.
 async fn forward(
@@ -285,6 +286,7 @@ async fn forward(
         .unwrap_or_else(|e| e.into_inner())
         .current_as_of = Some(std::time::Instant::now());
     let mut stalled = false;
+    let mut said_current = std::time::Instant::now();
     loop {
         let received = tokio::time::timeout(CHECK_EVERY, listener.try_recv()).await;
         match received {
@@ -334,7 +336,13 @@ async fn forward(
             .is_some_and(|at| at.elapsed() <= STALE_AFTER);
         if current && stalled {
             stalled = false;
+            said_current = std::time::Instant::now();
             let _ = events.send(KeyEvent::Flush);
+        } else if current && said_current.elapsed() >= CHECK_EVERY {
+            // Repeated while it lasts, so a cache whose receiver lagged
+            // (and lost a Flush) learns the feed is current again.
+            said_current = std::time::Instant::now();
+            let _ = events.send(KeyEvent::Current);
         } else if !current {
             // Repeated while it lasts, so a cache that lagged behind the
             // feed and missed the first one is told again within
