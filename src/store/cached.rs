@@ -235,6 +235,10 @@ struct Directory {
     /// stays current. Without a feed it is reloaded every `refresh`.
     has_feed: bool,
     refresh: Duration,
+    /// The cache's "feed stalled" flag: while it is set the directory
+    /// vouches for nothing (a load during a stall may miss ids whose
+    /// notifications the stalled feed lost).
+    stalled: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -264,8 +268,9 @@ enum Listing {
 }
 
 impl Directory {
-    fn new(has_feed: bool, refresh: Duration) -> Directory {
+    fn new(has_feed: bool, refresh: Duration, stalled: Arc<AtomicBool>) -> Directory {
         Directory {
+            stalled,
             hasher: RandomState::new(),
             state: Mutex::new(DirectoryState::default()),
             loading: AtomicBool::new(false),
@@ -284,9 +289,10 @@ impl Directory {
     }
 
     fn current(&self, state: &DirectoryState) -> bool {
-        state
-            .loaded_at
-            .is_some_and(|at| self.has_feed || at.elapsed() < self.refresh)
+        !self.stalled.load(Ordering::Acquire)
+            && state
+                .loaded_at
+                .is_some_and(|at| self.has_feed || at.elapsed() < self.refresh)
     }
 
     fn listing(&self, key_id: &str) -> Listing {
@@ -356,12 +362,19 @@ impl Directory {
             state.flushes
         };
         let started = Instant::now();
-        let listed = store.key_ids().await;
+        // Hashed before the lock is taken (a million ids take ~170 ms):
+        // changes meanwhile are logged and replayed below.
+        let listed = store.key_ids().await.map(|ids| {
+            ids.map(|ids| {
+                ids.iter()
+                    .map(|id| self.fingerprint(id))
+                    .collect::<HashSet<u64>>()
+            })
+        });
         let mut state = self.lock();
         let log = state.during_load.take().unwrap_or_default();
         let result = match listed {
-            Ok(Some(ids)) => {
-                let mut set: HashSet<u64> = ids.iter().map(|id| self.fingerprint(id)).collect();
+            Ok(Some(mut set)) => {
                 for (f, present) in log {
                     if present {
                         set.insert(f);
@@ -373,7 +386,7 @@ impl Directory {
                 if state.flushes == flushes {
                     state.loaded_at = Some(started);
                 }
-                Ok(state.loaded_at.is_some())
+                Ok(self.current(&state))
             }
             Ok(None) => Ok(false),
             Err(e) => Err(e),
@@ -420,14 +433,19 @@ impl CachedStore {
         // reloading: past `negative_ttl` the directory no longer vouches
         // for "unknown" (an unlisted id past the miss budget is then a 503,
         // never a lasting "unknown" for a key stored elsewhere).
-        let directory = Arc::new(Directory::new(events.is_some(), settings.negative_ttl));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let directory = Arc::new(Directory::new(
+            events.is_some(),
+            settings.negative_ttl,
+            stalled.clone(),
+        ));
         let cached = CachedStore {
             store: Arc::new(store),
             cache,
             ttl: settings.ttl,
             misses: Arc::new(MissBudget::new(settings.max_misses_per_second)),
             directory,
-            stalled: Arc::new(AtomicBool::new(false)),
+            stalled,
             generation: Arc::new(AtomicU64::new(0)),
             stamps: Arc::new(Stamps::new()),
             id: {
@@ -809,7 +827,7 @@ async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: 
         let Some(directory) = target.directory.upgrade() else {
             return;
         };
-        let announced_flush = matches!(event, Ok(KeyEvent::Flush));
+        let announced_flush = matches!(event, Ok(KeyEvent::Flush | KeyEvent::Current));
         match event {
             Ok(KeyEvent::Inserted(id) | KeyEvent::Changed(id)) => {
                 // Listed before the negative entry goes, so the next
@@ -829,12 +847,11 @@ async fn follow(mut events: tokio::sync::broadcast::Receiver<KeyEvent>, target: 
                     target.flush();
                 }
             }
-            Ok(KeyEvent::Current) => {
-                // Ends a stall whose Flush this follower lost: every loss
-                // was a `Lagged`, which flushed.
-                target.stalled.store(false, Ordering::Release);
-            }
-            Ok(KeyEvent::Flush) | Err(RecvError::Lagged(_)) => {
+            // The feed is current and this cache knows it: nothing to do.
+            Ok(KeyEvent::Current) if !target.stalled.load(Ordering::Acquire) => {}
+            // `Current` while stalled: the Flush that ended the stall was
+            // lost in a lag; treated as that Flush.
+            Ok(KeyEvent::Flush | KeyEvent::Current) | Err(RecvError::Lagged(_)) => {
                 directory.flush();
                 target.flush();
                 // A lag may have swallowed a Flush or a Stalled: it does not
@@ -899,6 +916,9 @@ impl KeyStore for CachedStore {
                 key_id: &key_id,
             };
             let removed = this.store.remove(&key_id).await;
+            // At once, before anything that may wait (the guard forgets
+            // again when the task ends).
+            forget(&this.generation, &this.stamps, &key_id);
             if matches!(removed, Ok(Some(_))) {
                 this.directory.change(&key_id, false);
             }
@@ -1880,6 +1900,181 @@ mod tests {
         assert!(
             reads <= 8,
             "one write of an unrelated key cost {reads} store reads of other cached keys"
+        );
+    }
+
+    /// A store that lists `extra` made-up ids beside the real ones (a large
+    /// store), once its gate lets `key_ids` through.
+    struct ManyIds {
+        inner: Arc<Gated>,
+        ids_gate: Semaphore,
+        extra: usize,
+        /// Lists made (`key_ids` returned).
+        listed: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl KeyStore for ManyIds {
+        async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
+            self.inner.insert(key).await
+        }
+        async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
+            self.inner.get(key_id).await
+        }
+        async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
+            self.inner.list(u, o, q).await
+        }
+        async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
+            self.inner.remove(id).await
+        }
+        fn events(&self) -> Option<tokio::sync::broadcast::Receiver<KeyEvent>> {
+            self.inner.events()
+        }
+        async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
+            let _permit = self.ids_gate.acquire().await;
+            let mut ids = self.inner.inner.key_ids().await?.unwrap_or_default();
+            ids.extend((0..self.extra).map(|n| format!("listed-{n}")));
+            self.listed.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(ids))
+        }
+    }
+
+    /// A directory load of a million ids does not hold back a removal's
+    /// invalidation: an outside review found the load hashing every id
+    /// while it held the directory's mutex, which a removal took before it
+    /// invalidated, so the removed key was served for as long as the
+    /// hashing took (880 ms here); now the ids are hashed before the mutex
+    /// is taken, and a removal invalidates before it touches the directory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_directory_load_does_not_hold_back_a_removal_invalidation() {
+        let gated = gated();
+        let store = Arc::new(ManyIds {
+            inner: gated.clone(),
+            ids_gate: Semaphore::new(10_000),
+            extra: 1_000_000,
+            listed: AtomicUsize::new(0),
+        });
+        let cached = CachedStore::new(store.clone());
+        assert!(cached.load_directory().await.expect("directory"));
+        cached.insert(new_key("k")).await.expect("insert");
+        for _ in 0..3 {
+            assert!(cached.lookup("k").await.expect("lookup").is_some());
+        }
+        // A reload (any: Flush, lag, no-feed refresh, load_directory).
+        close(&store.ids_gate, 10_000).await;
+        let reload = tokio::spawn({
+            let cached = cached.clone();
+            async move { cached.load_directory().await }
+        });
+        while !cached.directory.loading.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        let listed = store.listed.load(Ordering::SeqCst);
+        store.ids_gate.add_permits(10_000);
+        // Wait until the load has its list and holds the directory's mutex
+        // (hashing every id).
+        let start = std::time::Instant::now();
+        while store.listed.load(Ordering::SeqCst) == listed
+            || (cached.directory.state.try_lock().is_ok()
+                && cached.directory.loading.load(Ordering::SeqCst))
+        {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            std::hint::spin_loop();
+        }
+        let held_at = std::time::Instant::now();
+        let remover = tokio::spawn({
+            let cached = cached.clone();
+            async move { cached.remove("k").await }
+        });
+        while gated.inner.get("k").await.expect("get").is_some() {
+            tokio::task::yield_now().await;
+        }
+        // The removal's store write has returned; give it 20 ms.
+        // (A thread sleep: both workers may be stuck on the mutex, and
+        // then no timer fires.)
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let held = cached.directory.state.try_lock().is_err();
+        let served = cached.lookup("k").await.expect("lookup").is_some();
+        eprintln!("held {held} served {served} after {:?}", start.elapsed());
+        while cached.directory.state.try_lock().is_err() {
+            std::hint::spin_loop();
+        }
+        eprintln!("mutex held for {:?}", held_at.elapsed());
+        let _ = reload.await;
+        assert!(remover.await.expect("join").expect("remove").is_some());
+        assert!(
+            !served,
+            "removed 20 ms ago (store write returned), still served; directory mutex held: {held}"
+        );
+    }
+
+    /// A directory reloaded during a stall (here after a lag) vouches for
+    /// nothing until the stall ends: a key stored elsewhere meanwhile, its
+    /// notification lost by the stalled feed, is never "unknown" without a
+    /// store read past the budget (a 503 instead). An outside review found
+    /// it "unknown" for as long as the stall lasted.
+    #[tokio::test]
+    async fn a_directory_reloaded_during_a_stall_vouches_for_nothing() {
+        let (feed, _) = tokio::sync::broadcast::channel(2);
+        let gated = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Semaphore::new(10_000),
+            gets: AtomicUsize::new(0),
+            feed: Some(feed.clone()),
+            answers: Semaphore::new(10_000),
+        });
+        let settings = CacheSettings {
+            negative_ttl: std::time::Duration::from_millis(100),
+            max_misses_per_second: 1,
+            ..CacheSettings::default()
+        };
+        let cached = CachedStore::with_settings(
+            SlowIds {
+                inner: gated.clone(),
+                ids_gate: Semaphore::new(10_000),
+            },
+            settings,
+        );
+        let store = gated;
+        assert!(cached.load_directory().await.expect("directory"));
+        feed.send(KeyEvent::Stalled).expect("send");
+        while !cached.stalled.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        // A burst: the receiver lags (flush + background reload).
+        for n in 0..5 {
+            feed.send(KeyEvent::Inserted(format!("x{n}")))
+                .expect("send");
+        }
+        let flushes = cached.directory.lock().flushes;
+        let start = std::time::Instant::now();
+        while !(cached.directory.lock().flushes > flushes
+            && cached.directory.lock().loaded_at.is_some()
+            && !cached.directory.loading.load(Ordering::SeqCst))
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(3),
+                "no reload"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(cached.stalled.load(Ordering::SeqCst), "still stalled");
+        // Stored by another process; the stalled feed loses the notification.
+        store.inner.insert(new_key("fresh")).await.expect("insert");
+        let inserted = std::time::Instant::now();
+        let mut unknown_for = std::time::Duration::ZERO;
+        while inserted.elapsed() < std::time::Duration::from_millis(1_000) {
+            let _ = cached
+                .lookup(&format!("made-up-{:?}", inserted.elapsed()))
+                .await;
+            if matches!(cached.lookup("fresh").await, Ok(None)) {
+                unknown_for = inserted.elapsed();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            unknown_for <= std::time::Duration::from_millis(150),
+            "stalled feed: a stored key answered \"unknown\" without a store read {unknown_for:?} after its insert"
         );
     }
 }
