@@ -428,7 +428,10 @@ impl CachedStore {
             .build();
         // Subscribe before the directory's first load, so no change made
         // after the snapshot is missed.
-        let events = store.events();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        // A feed counts only if it is followed (there is a runtime to
+        // follow it on); else the directory must expire as without one.
+        let events = store.events().filter(|_| runtime.is_some());
         // Without a feed, ids stored by other processes are learnt only by
         // reloading: past `negative_ttl` the directory no longer vouches
         // for "unknown" (an unlisted id past the miss budget is then a 503,
@@ -453,12 +456,12 @@ impl CachedStore {
                 NEXT.fetch_add(1, Ordering::Relaxed)
             },
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        if let Some(runtime) = runtime {
             if let Some(events) = events {
                 runtime.spawn(follow(events, cached.downgrade()));
             }
             cached.spawn_load(&runtime);
-        } else if events.is_some() {
+        } else if cached.store.events().is_some() {
             tracing::warn!(
                 "no tokio runtime: changes by other processes reach this cache only by expiry"
             );
@@ -2076,5 +2079,60 @@ mod tests {
             unknown_for <= std::time::Duration::from_millis(150),
             "stalled feed: a stored key answered \"unknown\" without a store read {unknown_for:?} after its insert"
         );
+    }
+
+    /// A cache built outside a tokio runtime, over a store with a feed,
+    /// never follows the feed, so its directory expires as one without a
+    /// feed (an outside review found it counted as fed: once loaded, it
+    /// vouched for "unknown" forever, for keys stored by other processes).
+    #[test]
+    fn a_cache_built_outside_a_runtime_does_not_count_on_its_feed() {
+        let (feed, _) = tokio::sync::broadcast::channel(16);
+        let gated = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Semaphore::new(10_000),
+            gets: AtomicUsize::new(0),
+            feed: Some(feed.clone()),
+            answers: Semaphore::new(10_000),
+        });
+        let settings = CacheSettings {
+            negative_ttl: std::time::Duration::from_millis(100),
+            max_misses_per_second: 1,
+            ..CacheSettings::default()
+        };
+        // No runtime here: the follower is never spawned.
+        let cached = CachedStore::with_settings(
+            SlowIds {
+                inner: gated.clone(),
+                ids_gate: Semaphore::new(10_000),
+            },
+            settings,
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            assert!(cached.load_directory().await.expect("directory"));
+            // Stored by another process, announced on the feed.
+            gated.inner.insert(new_key("fresh")).await.expect("insert");
+            let _ = feed.send(KeyEvent::Inserted("fresh".into()));
+            let inserted = std::time::Instant::now();
+            let mut unknown_for = std::time::Duration::ZERO;
+            while inserted.elapsed() < std::time::Duration::from_millis(1_000) {
+                let _ = cached
+                    .lookup(&format!("made-up-{:?}", inserted.elapsed()))
+                    .await;
+                if matches!(cached.lookup("fresh").await, Ok(None)) {
+                    unknown_for = inserted.elapsed();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            assert!(
+                unknown_for <= std::time::Duration::from_millis(150),
+                "built outside a runtime: a stored key answered \"unknown\" without a store read {unknown_for:?} after its insert (negative_ttl 100 ms)"
+            );
+        });
     }
 }

@@ -159,6 +159,26 @@ impl PostgresStore {
 
 /// Lazily connected stores migrate and subscribe once the database answers.
 async fn listen(pool: PgPool, channel: String, events: broadcast::Sender<KeyEvent>) {
+    // Until the feed is up nothing it would announce is known: caches are
+    // told so, again every CHECK_EVERY (caches made meanwhile included).
+    // A Stalled sent after the Flush below is ended by the feed's next
+    // Current.
+    struct Stalling(tokio::task::JoinHandle<()>);
+    impl Drop for Stalling {
+        // Also when the store (and so this task) is dropped first.
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let stalling = Stalling(tokio::spawn({
+        let events = events.clone();
+        async move {
+            loop {
+                let _ = events.send(KeyEvent::Stalled);
+                tokio::time::sleep(CHECK_EVERY).await;
+            }
+        }
+    }));
     loop {
         let ready = async {
             sqlx::migrate!("migrations/postgres")
@@ -173,6 +193,7 @@ async fn listen(pool: PgPool, channel: String, events: broadcast::Sender<KeyEven
         };
         match ready.await {
             Ok(listener) => {
+                drop(stalling);
                 let _ = events.send(KeyEvent::Flush);
                 return forward(listener, events, pool, channel).await;
             }
@@ -326,6 +347,9 @@ async fn forward(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .current_as_of = None;
+                // Told before the pause, not after it.
+                stalled = true;
+                let _ = events.send(KeyEvent::Stalled);
                 tokio::time::sleep(CHECK_EVERY).await;
             }
         }

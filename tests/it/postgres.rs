@@ -194,3 +194,58 @@ fn url_parts(url: &str) -> std::net::SocketAddr {
         .next()
         .expect("addr")
 }
+
+/// A lazily connected store tells caches its feed is stalled, again and
+/// again, until the feed is up (a cache made meanwhile would otherwise
+/// trust a feed that announces nothing); once up: Flush, then Current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_store_is_stalled_until_its_feed_is_up() {
+    use jwt_profile::store::{KeyEvent, KeyStore};
+    async fn next(events: &mut tokio::sync::broadcast::Receiver<KeyEvent>) -> KeyEvent {
+        tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event in time")
+            .expect("event")
+    }
+    let settings = || PostgresSettings {
+        acquire_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let down = PostgresStore::connect_lazy_with(
+        "postgres://postgres@127.0.0.1:1/test".parse().expect("url"),
+        settings(),
+    );
+    let mut events = down.events().expect("a feed");
+    for _ in 0..3 {
+        assert_eq!(next(&mut events).await, KeyEvent::Stalled);
+    }
+    // Dropped, it stops telling (nothing left running).
+    drop(down);
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        while !matches!(
+            events.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Closed)
+        ) {}
+    });
+    assert!(closed.await.is_ok(), "the feed of a dropped store goes on");
+    let Some((schema, options)) = postgres_schema().await else {
+        return;
+    };
+    let up = PostgresStore::connect_lazy_with(options, settings());
+    let mut events = up.events().expect("a feed");
+    let mut seen = Vec::new();
+    while seen.last() != Some(&KeyEvent::Current) {
+        seen.push(next(&mut events).await);
+        assert!(seen.len() < 100, "no Current: {seen:?}");
+    }
+    let flush = seen
+        .iter()
+        .position(|e| *e == KeyEvent::Flush)
+        .expect("a Flush before Current");
+    assert!(
+        seen[..flush].iter().all(|e| *e == KeyEvent::Stalled),
+        "{seen:?}"
+    );
+    drop(up);
+    drop_schema(&schema).await;
+}
