@@ -103,6 +103,15 @@ impl Verifier {
         let machine: Arc<crate::key::VerifyingKey> =
             self.owned_key(key_id, sub, now, lookups).await?;
         let stored = machine.key();
+        // The key it was issued for existed when it was issued: a key stored
+        // later under the same id (an id reused after a removal, through a
+        // custom id generator) is another key, and does not bring the
+        // removed key's tokens back. (The leeway allows for the clocks of
+        // the replica that stored the key and the one that issued the token.)
+        let created = stored.details.creation_date.timestamp_micros() as f64 / 1e6;
+        if created > iat + v.leeway {
+            return Err(Reason::UnknownKey.into());
+        }
         let principal = Principal {
             user_id: stored.user_id.clone(),
             org_id: stored.resource_owner.clone(),

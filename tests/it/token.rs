@@ -571,6 +571,50 @@ async fn removal_revokes(keys: Arc<dyn KeyStore>, signing: Arc<dyn SigningKeySto
     assert_eq!(answer.json()["error"], "invalid_grant");
 }
 
+/// A key id reused after a removal (a custom id generator may) for the
+/// same user does not bring the removed key's access tokens back: the key
+/// they were issued for existed when they were issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_id_reused_after_a_removal_does_not_revive_its_access_tokens() {
+    use jwt_profile::store::NewKey;
+    let app = token_app().await;
+    let bot = app.machine("bot").await;
+    let token = app.access_token(&bot).await;
+    assert_eq!(app.whoami(&token).await.status, 200);
+    let me = Principal::new("bot", ORG, "-");
+    app.keys
+        .remove(&me, None, "bot", bot.key_id())
+        .await
+        .expect("remove");
+    // Two minutes later (past the leeway), a new key under the same id.
+    app.clock.advance_secs(120);
+    let pair = jwt_profile::generate_rsa_key_pair().expect("key");
+    app.store
+        .insert(NewKey {
+            id: bot.key_id().to_string(),
+            user_id: "bot".into(),
+            resource_owner: ORG.into(),
+            key_type: jwt_profile::KeyType::Json,
+            public_key: pair.public_key,
+            expiration_date: chrono::Utc::now() + chrono::Duration::days(30),
+            created_at: {
+                use jwt_profile::Clock;
+                app.clock.now()
+            },
+            max_keys_per_user: None,
+        })
+        .await
+        .expect("insert");
+    let refused = app.whoami(&token).await;
+    assert_eq!(refused.status, 401, "{:?}", refused.body);
+    assert_eq!(refused.error_id(), "TOKEN-unknown-key");
+    // A token issued for the new key is accepted.
+    let new = AssertionSigner::from_pem("bot", bot.key_id(), pair.private_key_pem.as_bytes())
+        .expect("signer");
+    let token = app.access_token(&new).await;
+    assert_eq!(app.whoami(&token).await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_machine_key_revokes_its_access_tokens_in_memory() {
     let backend = Arc::new(MemoryStore::new());
