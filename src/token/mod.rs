@@ -77,6 +77,11 @@ const PROJECT_SCOPE_SUFFIX: &str = ":aud";
 /// The access token's claim naming the machine user's organization.
 pub const RESOURCE_OWNER_CLAIM: &str = "urn:zitadel:iam:user:resourceowner:id";
 
+/// The claim of our access tokens that names the stored machine key they
+/// were issued for, exactly: its `sequence` (decimal), which no other key
+/// in the store has, one stored later under a reused id included.
+pub const KEY_SEQUENCE_CLAIM: &str = "key_sequence";
+
 /// Settings of a [`TokenIssuer`].
 ///
 /// ```
@@ -565,11 +570,17 @@ impl TokenIssuer {
     pub async fn exchange(&self, request: &TokenRequest) -> Result<TokenResponse, TokenError> {
         let inner = &*self.inner;
         let principal = inner.assertions.verify(&request.assertion).await?;
-        // The token may not outlive the machine key.
+        // The token may not outlive the machine key, and names it exactly
+        // (its sequence): the key looked up now must be the one that signed
+        // the assertion, not another stored since under its id.
         let machine = inner
             .assertions
             .machine_key(&principal.key_id)
             .await?
+            .filter(|m| {
+                m.key().user_id == principal.user_id
+                    && inner.assertions.signed_by(&request.assertion, m)
+            })
             .ok_or(TokenError::InvalidGrant(Reason::UnknownKey))?;
         let signer = inner.keys.signer().await.map_err(|e| match e {
             IssuerError::Store(StoreError::Unavailable(why)) => TokenError::Unavailable(why),
@@ -608,6 +619,7 @@ impl TokenIssuer {
             "scope": scope,
             RESOURCE_OWNER_CLAIM: principal.org_id,
             "key_id": principal.key_id,
+            KEY_SEQUENCE_CLAIM: machine.key().details.sequence.to_string(),
         });
         let header = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": signer.id});
         let mut token = String::with_capacity(1024);

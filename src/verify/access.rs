@@ -70,6 +70,13 @@ impl Verifier {
             "key_id is not a string",
             "key_id is empty",
         )?;
+        let key_sequence = match &c.key_sequence {
+            Some(StrVal::Str(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+                .parse::<u64>()
+                .map_err(|_| malformed("key_sequence is not a sequence"))?,
+            None => return Err(malformed("key_sequence is missing")),
+            Some(_) => return Err(malformed("key_sequence is not a sequence")),
+        };
         let (exp, iat, nbf) = dates(&c)?;
         let scopes: Vec<String> = match &c.scope {
             None => Vec::new(),
@@ -103,13 +110,11 @@ impl Verifier {
         let machine: Arc<crate::key::VerifyingKey> =
             self.owned_key(key_id, sub, now, lookups).await?;
         let stored = machine.key();
-        // The key it was issued for existed when it was issued: a key stored
-        // later under the same id (an id reused after a removal, through a
-        // custom id generator) is another key, and does not bring the
-        // removed key's tokens back. (The leeway allows for the clocks of
-        // the replica that stored the key and the one that issued the token.)
-        let created = stored.details.creation_date.timestamp_micros() as f64 / 1e6;
-        if created > iat + v.leeway {
+        // Exactly the stored key it was issued for: a key stored later under
+        // the same id (an id reused after a removal, through a custom id
+        // generator) has another sequence, and does not bring the removed
+        // key's tokens back.
+        if key_sequence != stored.details.sequence {
             return Err(Reason::UnknownKey.into());
         }
         let principal = Principal {

@@ -62,6 +62,8 @@ pub(crate) struct RawClaims<'a> {
     pub(crate) scope: Option<StrVal<'a>>,
     /// Access tokens: the machine key whose assertion it was issued for.
     pub(crate) key_id: Option<StrVal<'a>>,
+    /// Access tokens: that key's sequence in the store (decimal).
+    pub(crate) key_sequence: Option<StrVal<'a>>,
     pub(crate) duplicate: bool,
 }
 
@@ -174,6 +176,7 @@ impl<'de> Slots<'de> for RawClaims<'de> {
             // duplicate is still found, without a name list).
             "client_id" => 9,
             crate::token::RESOURCE_OWNER_CLAIM => 10,
+            crate::token::KEY_SEQUENCE_CLAIM => 11,
             _ => return None,
         })
     }
@@ -188,6 +191,7 @@ impl<'de> Slots<'de> for RawClaims<'de> {
             6 => self.exp = Some(read_num(map)?),
             7 => self.iat = Some(read_num(map)?),
             8 => self.nbf = Some(read_num(map)?),
+            11 => self.key_sequence = Some(read_str(map)?),
             _ => {
                 map.next_value::<IgnoredAny>()?;
             }

@@ -192,6 +192,19 @@ impl Verifier {
             .map_err(store_unavailable)
     }
 
+    /// Whether `key` made the signature of `token` (its form and header
+    /// are read again; nothing else is checked): tells the key that
+    /// verified an assertion from another key stored since under its id.
+    pub(crate) fn signed_by(&self, token: &str, key: &crate::key::VerifyingKey) -> bool {
+        let Ok(segments) = form(token) else {
+            return false;
+        };
+        let Ok((alg, _, _)) = read_header(&segments, &self.inner.validation) else {
+            return false;
+        };
+        key.verify(alg, segments.signing_input, segments.signature())
+    }
+
     /// Checks every assertion in full, every time.
     pub fn without_assertion_cache(self) -> Verifier {
         self.with_inner(|inner| inner.checked = None)
