@@ -1451,10 +1451,14 @@ mod tests {
         );
     }
 
-    /// A store whose `key_ids` (the directory reload) waits for a gate.
+    /// A store whose `key_ids` (the directory reload) waits for a gate, and
+    /// lists `extra` made-up ids beside the real ones (a large store).
     struct SlowIds {
         inner: Arc<Gated>,
         ids_gate: Semaphore,
+        extra: usize,
+        /// Lists made (`key_ids` returned).
+        listed: AtomicUsize,
     }
 
     #[async_trait]
@@ -1476,7 +1480,10 @@ mod tests {
         }
         async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
             let _permit = self.ids_gate.acquire().await;
-            self.inner.inner.key_ids().await
+            let mut ids = self.inner.inner.key_ids().await?.unwrap_or_default();
+            ids.extend((0..self.extra).map(|n| format!("listed-{n}")));
+            self.listed.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(ids))
         }
     }
 
@@ -1495,6 +1502,8 @@ mod tests {
         let store = Arc::new(SlowIds {
             inner: gated.clone(),
             ids_gate: Semaphore::new(10_000),
+            extra: 0,
+            listed: AtomicUsize::new(0),
         });
         let cached = CachedStore::new(store.clone());
         assert!(cached.load_directory().await.expect("directory"));
@@ -1527,6 +1536,8 @@ mod tests {
         let store = Arc::new(SlowIds {
             inner: gated(),
             ids_gate: Semaphore::new(10_000),
+            extra: 0,
+            listed: AtomicUsize::new(0),
         });
         let cached = CachedStore::new(store.clone());
         assert!(cached.load_directory().await.expect("directory"));
@@ -1778,6 +1789,8 @@ mod tests {
         let store = Arc::new(SlowIds {
             inner: gated.clone(),
             ids_gate: Semaphore::new(10_000),
+            extra: 0,
+            listed: AtomicUsize::new(0),
         });
         let cached = CachedStore::with_settings(store.clone(), settings);
         assert!(cached.load_directory().await.expect("directory"));
@@ -1906,42 +1919,6 @@ mod tests {
         );
     }
 
-    /// A store that lists `extra` made-up ids beside the real ones (a large
-    /// store), once its gate lets `key_ids` through.
-    struct ManyIds {
-        inner: Arc<Gated>,
-        ids_gate: Semaphore,
-        extra: usize,
-        /// Lists made (`key_ids` returned).
-        listed: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl KeyStore for ManyIds {
-        async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
-            self.inner.insert(key).await
-        }
-        async fn get(&self, key_id: &str) -> Result<Option<MachineKey>, StoreError> {
-            self.inner.get(key_id).await
-        }
-        async fn list(&self, u: &str, o: &str, q: ListQuery) -> Result<KeyPage, StoreError> {
-            self.inner.list(u, o, q).await
-        }
-        async fn remove(&self, id: &str) -> Result<Option<Removed>, StoreError> {
-            self.inner.remove(id).await
-        }
-        fn events(&self) -> Option<tokio::sync::broadcast::Receiver<KeyEvent>> {
-            self.inner.events()
-        }
-        async fn key_ids(&self) -> Result<Option<Vec<String>>, StoreError> {
-            let _permit = self.ids_gate.acquire().await;
-            let mut ids = self.inner.inner.key_ids().await?.unwrap_or_default();
-            ids.extend((0..self.extra).map(|n| format!("listed-{n}")));
-            self.listed.fetch_add(1, Ordering::SeqCst);
-            Ok(Some(ids))
-        }
-    }
-
     /// A directory load of a million ids does not hold back a removal's
     /// invalidation: an outside review found the load hashing every id
     /// while it held the directory's mutex, which a removal took before it
@@ -1951,7 +1928,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_directory_load_does_not_hold_back_a_removal_invalidation() {
         let gated = gated();
-        let store = Arc::new(ManyIds {
+        let store = Arc::new(SlowIds {
             inner: gated.clone(),
             ids_gate: Semaphore::new(10_000),
             extra: 1_000_000,
@@ -2035,6 +2012,8 @@ mod tests {
             SlowIds {
                 inner: gated.clone(),
                 ids_gate: Semaphore::new(10_000),
+                extra: 0,
+                listed: AtomicUsize::new(0),
             },
             settings,
         );
@@ -2105,6 +2084,8 @@ mod tests {
             SlowIds {
                 inner: gated.clone(),
                 ids_gate: Semaphore::new(10_000),
+                extra: 0,
+                listed: AtomicUsize::new(0),
             },
             settings,
         );
