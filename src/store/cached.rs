@@ -997,13 +997,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_load_in_flight_cannot_undo_a_removal() {
-        let gated = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(0),
-            gets: AtomicUsize::new(0),
-            feed: None,
-            answers: Semaphore::new(10_000),
-        });
+        let gated = gated_with(0, None, 10_000);
         let cached = CachedStore::new(gated.clone());
         cached.insert(new_key("1")).await.expect("insert");
         // A lookup reads the key from the store, then stalls before caching it.
@@ -1040,13 +1034,7 @@ mod tests {
     async fn a_load_in_flight_cannot_outlive_a_flush() {
         for event in [KeyEvent::Flush, KeyEvent::Stalled] {
             let (feed, _) = tokio::sync::broadcast::channel(8);
-            let gated = Arc::new(Gated {
-                inner: MemoryStore::new(),
-                gate: Semaphore::new(0),
-                gets: AtomicUsize::new(0),
-                feed: Some(feed.clone()),
-                answers: Semaphore::new(10_000),
-            });
+            let gated = gated_with(0, Some(feed.clone()), 10_000);
             let cached = CachedStore::new(gated.clone());
             cached.insert(new_key("1")).await.expect("insert");
             let loader = tokio::spawn({
@@ -1088,13 +1076,7 @@ mod tests {
     /// still leaves the cache.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_removal_whose_caller_went_away_still_leaves_the_cache() {
-        let gated = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(10_000),
-            gets: AtomicUsize::new(0),
-            feed: None,
-            answers: Semaphore::new(0),
-        });
+        let gated = gated_with(10_000, None, 0);
         let cached = CachedStore::new(gated.clone());
         cached.insert(new_key("1")).await.expect("insert");
         for _ in 0..2 {
@@ -1120,13 +1102,51 @@ mod tests {
     }
 
     fn gated() -> Arc<Gated> {
+        gated_with(10_000, None, 10_000)
+    }
+
+    /// A [`Gated`] store with `gate` read permits, a driven `feed` or none,
+    /// and `answers` removal permits.
+    fn gated_with(
+        gate: usize,
+        feed: Option<tokio::sync::broadcast::Sender<KeyEvent>>,
+        answers: usize,
+    ) -> Arc<Gated> {
         Arc::new(Gated {
             inner: MemoryStore::new(),
-            gate: Semaphore::new(10_000),
+            gate: Semaphore::new(gate),
             gets: AtomicUsize::new(0),
-            feed: None,
-            answers: Semaphore::new(10_000),
+            feed,
+            answers: Semaphore::new(answers),
         })
+    }
+
+    /// Settings for a flood of made-up kids: one store read a second for
+    /// ids outside the directory, "unknown" remembered for 100 ms.
+    fn flood_settings() -> CacheSettings {
+        CacheSettings {
+            negative_ttl: std::time::Duration::from_millis(100),
+            max_misses_per_second: 1,
+            ..CacheSettings::default()
+        }
+    }
+
+    /// For a second, an attacker's made-up kid spends the miss budget every
+    /// 50 ms; returns the last moment `id` was answered "unknown" (a 503
+    /// does not count: it is "try again").
+    async fn unknown_under_flood(cached: &CachedStore, id: &str) -> std::time::Duration {
+        let start = std::time::Instant::now();
+        let mut unknown_for = std::time::Duration::ZERO;
+        while start.elapsed() < std::time::Duration::from_millis(1_000) {
+            let _ = cached
+                .lookup(&format!("made-up-{:?}", start.elapsed()))
+                .await;
+            if matches!(cached.lookup(id).await, Ok(None)) {
+                unknown_for = start.elapsed();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        unknown_for
     }
 
     /// Hits mirrored on this thread (see [`mirror`]) answer no longer than
@@ -1210,13 +1230,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_share_one_store_call_and_unknown_ids_are_remembered() {
-        let gated = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(0),
-            gets: AtomicUsize::new(0),
-            feed: None,
-            answers: Semaphore::new(10_000),
-        });
+        let gated = gated_with(0, None, 10_000);
         let cached = CachedStore::new(gated.clone());
         let lookups: Vec<_> = (0..20)
             .map(|_| {
@@ -1267,13 +1281,7 @@ mod tests {
     /// for loads on moka's per-key lock).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_mirror_does_not_answer_once_a_removal_began_while_a_load_is_slow() {
-        let store = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(10_000),
-            gets: AtomicUsize::new(0),
-            feed: None,
-            answers: Semaphore::new(10_000),
-        });
+        let store = gated_with(10_000, None, 10_000);
         let settings = CacheSettings {
             max_entries: 4,
             ..CacheSettings::default()
@@ -1338,13 +1346,7 @@ mod tests {
     /// the removal).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn what_a_load_in_flight_read_before_a_removal_is_never_served_after_it() {
-        let store = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(0),
-            gets: AtomicUsize::new(0),
-            feed: None,
-            answers: Semaphore::new(10_000),
-        });
+        let store = gated_with(0, None, 10_000);
         let cached = CachedStore::new(store.clone());
         cached.insert(new_key("1")).await.expect("insert");
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
@@ -1409,13 +1411,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_load_holds_back_no_feed_event() {
         let (feed, _) = tokio::sync::broadcast::channel(64);
-        let store = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(10_000),
-            gets: AtomicUsize::new(0),
-            feed: Some(feed.clone()),
-            answers: Semaphore::new(10_000),
-        });
+        let store = gated_with(10_000, Some(feed.clone()), 10_000);
         let cached = CachedStore::new(store.clone());
         cached.insert(new_key("a")).await.expect("insert");
         cached.insert(new_key("b")).await.expect("insert");
@@ -1461,6 +1457,15 @@ mod tests {
         listed: AtomicUsize,
     }
 
+    fn slow_ids(inner: Arc<Gated>, extra: usize) -> SlowIds {
+        SlowIds {
+            inner,
+            ids_gate: Semaphore::new(10_000),
+            extra,
+            listed: AtomicUsize::new(0),
+        }
+    }
+
     #[async_trait]
     impl KeyStore for SlowIds {
         async fn insert(&self, key: NewKey) -> Result<MachineKey, StoreError> {
@@ -1492,19 +1497,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_directory_reload_holds_back_no_feed_event() {
         let (feed, _) = tokio::sync::broadcast::channel(64);
-        let gated = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(10_000),
-            gets: AtomicUsize::new(0),
-            feed: Some(feed.clone()),
-            answers: Semaphore::new(10_000),
-        });
-        let store = Arc::new(SlowIds {
-            inner: gated.clone(),
-            ids_gate: Semaphore::new(10_000),
-            extra: 0,
-            listed: AtomicUsize::new(0),
-        });
+        let gated = gated_with(10_000, Some(feed.clone()), 10_000);
+        let store = Arc::new(slow_ids(gated.clone(), 0));
         let cached = CachedStore::new(store.clone());
         assert!(cached.load_directory().await.expect("directory"));
         cached.insert(new_key("b")).await.expect("insert");
@@ -1533,12 +1527,7 @@ mod tests {
     /// from ever being current again).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_directory_load_given_up_does_not_block_the_next() {
-        let store = Arc::new(SlowIds {
-            inner: gated(),
-            ids_gate: Semaphore::new(10_000),
-            extra: 0,
-            listed: AtomicUsize::new(0),
-        });
+        let store = Arc::new(slow_ids(gated(), 0));
         let cached = CachedStore::new(store.clone());
         assert!(cached.load_directory().await.expect("directory"));
         close(&store.ids_gate, 10_000).await;
@@ -1740,13 +1729,7 @@ mod tests {
     /// store removed the key — and the key is still invalidated.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_removal_on_a_runtime_that_shuts_down_is_still_invalidated() {
-        let store = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(10_000),
-            gets: AtomicUsize::new(0),
-            feed: None,
-            answers: Semaphore::new(0),
-        });
+        let store = gated_with(10_000, None, 0);
         let cached = CachedStore::new(store.clone());
         cached.insert(new_key("1")).await.expect("insert");
         assert!(cached.lookup("1").await.expect("lookup").is_some());
@@ -1780,18 +1763,9 @@ mod tests {
     /// now such a lookup past the budget is a 503, try again).
     #[tokio::test]
     async fn a_key_inserted_elsewhere_is_unknown_no_longer_than_the_negative_ttl() {
-        let settings = CacheSettings {
-            negative_ttl: std::time::Duration::from_millis(100),
-            max_misses_per_second: 1,
-            ..CacheSettings::default()
-        };
+        let settings = flood_settings();
         let gated = gated();
-        let store = Arc::new(SlowIds {
-            inner: gated.clone(),
-            ids_gate: Semaphore::new(10_000),
-            extra: 0,
-            listed: AtomicUsize::new(0),
-        });
+        let store = Arc::new(slow_ids(gated.clone(), 0));
         let cached = CachedStore::with_settings(store.clone(), settings);
         assert!(cached.load_directory().await.expect("directory"));
         // (The load spawned at construction runs too; let it end.)
@@ -1799,18 +1773,7 @@ mod tests {
         // Inserted by another process.
         let store = gated;
         store.inner.insert(new_key("fresh")).await.expect("insert");
-        let mut unknown_for = std::time::Duration::ZERO;
-        let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_millis(1_000) {
-            // The attacker's made-up kid spends the budget.
-            let _ = cached
-                .lookup(&format!("made-up-{:?}", start.elapsed()))
-                .await;
-            if matches!(cached.lookup("fresh").await, Ok(None)) {
-                unknown_for = start.elapsed();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let unknown_for = unknown_under_flood(&cached, "fresh").await;
         assert!(store.inner.get("fresh").await.expect("get").is_some());
         assert!(
             unknown_for <= std::time::Duration::from_millis(150),
@@ -1825,13 +1788,7 @@ mod tests {
     #[tokio::test]
     async fn a_lagged_feed_does_not_end_a_stall_and_current_does() {
         let (feed, _) = tokio::sync::broadcast::channel(2);
-        let store = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(10_000),
-            gets: AtomicUsize::new(0),
-            feed: Some(feed.clone()),
-            answers: Semaphore::new(10_000),
-        });
+        let store = gated_with(10_000, Some(feed.clone()), 10_000);
         let cached = CachedStore::new(store.clone());
         cached.insert(new_key("1")).await.expect("insert");
         feed.send(KeyEvent::Stalled).expect("send");
@@ -1928,12 +1885,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_directory_load_does_not_hold_back_a_removal_invalidation() {
         let gated = gated();
-        let store = Arc::new(SlowIds {
-            inner: gated.clone(),
-            ids_gate: Semaphore::new(10_000),
-            extra: 1_000_000,
-            listed: AtomicUsize::new(0),
-        });
+        let store = Arc::new(slow_ids(gated.clone(), 1_000_000));
         let cached = CachedStore::new(store.clone());
         assert!(cached.load_directory().await.expect("directory"));
         cached.insert(new_key("k")).await.expect("insert");
@@ -1996,27 +1948,9 @@ mod tests {
     #[tokio::test]
     async fn a_directory_reloaded_during_a_stall_vouches_for_nothing() {
         let (feed, _) = tokio::sync::broadcast::channel(2);
-        let gated = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(10_000),
-            gets: AtomicUsize::new(0),
-            feed: Some(feed.clone()),
-            answers: Semaphore::new(10_000),
-        });
-        let settings = CacheSettings {
-            negative_ttl: std::time::Duration::from_millis(100),
-            max_misses_per_second: 1,
-            ..CacheSettings::default()
-        };
-        let cached = CachedStore::with_settings(
-            SlowIds {
-                inner: gated.clone(),
-                ids_gate: Semaphore::new(10_000),
-                extra: 0,
-                listed: AtomicUsize::new(0),
-            },
-            settings,
-        );
+        let gated = gated_with(10_000, Some(feed.clone()), 10_000);
+        let settings = flood_settings();
+        let cached = CachedStore::with_settings(slow_ids(gated.clone(), 0), settings);
         let store = gated;
         assert!(cached.load_directory().await.expect("directory"));
         feed.send(KeyEvent::Stalled).expect("send");
@@ -2043,17 +1977,7 @@ mod tests {
         assert!(cached.stalled.load(Ordering::SeqCst), "still stalled");
         // Stored by another process; the stalled feed loses the notification.
         store.inner.insert(new_key("fresh")).await.expect("insert");
-        let inserted = std::time::Instant::now();
-        let mut unknown_for = std::time::Duration::ZERO;
-        while inserted.elapsed() < std::time::Duration::from_millis(1_000) {
-            let _ = cached
-                .lookup(&format!("made-up-{:?}", inserted.elapsed()))
-                .await;
-            if matches!(cached.lookup("fresh").await, Ok(None)) {
-                unknown_for = inserted.elapsed();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let unknown_for = unknown_under_flood(&cached, "fresh").await;
         assert!(
             unknown_for <= std::time::Duration::from_millis(150),
             "stalled feed: a stored key answered \"unknown\" without a store read {unknown_for:?} after its insert"
@@ -2067,28 +1991,10 @@ mod tests {
     #[test]
     fn a_cache_built_outside_a_runtime_does_not_count_on_its_feed() {
         let (feed, _) = tokio::sync::broadcast::channel(16);
-        let gated = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Semaphore::new(10_000),
-            gets: AtomicUsize::new(0),
-            feed: Some(feed.clone()),
-            answers: Semaphore::new(10_000),
-        });
-        let settings = CacheSettings {
-            negative_ttl: std::time::Duration::from_millis(100),
-            max_misses_per_second: 1,
-            ..CacheSettings::default()
-        };
+        let gated = gated_with(10_000, Some(feed.clone()), 10_000);
+        let settings = flood_settings();
         // No runtime here: the follower is never spawned.
-        let cached = CachedStore::with_settings(
-            SlowIds {
-                inner: gated.clone(),
-                ids_gate: Semaphore::new(10_000),
-                extra: 0,
-                listed: AtomicUsize::new(0),
-            },
-            settings,
-        );
+        let cached = CachedStore::with_settings(slow_ids(gated.clone(), 0), settings);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -2099,17 +2005,7 @@ mod tests {
             // Stored by another process, announced on the feed.
             gated.inner.insert(new_key("fresh")).await.expect("insert");
             let _ = feed.send(KeyEvent::Inserted("fresh".into()));
-            let inserted = std::time::Instant::now();
-            let mut unknown_for = std::time::Duration::ZERO;
-            while inserted.elapsed() < std::time::Duration::from_millis(1_000) {
-                let _ = cached
-                    .lookup(&format!("made-up-{:?}", inserted.elapsed()))
-                    .await;
-                if matches!(cached.lookup("fresh").await, Ok(None)) {
-                    unknown_for = inserted.elapsed();
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            let unknown_for = unknown_under_flood(&cached, "fresh").await;
             assert!(
                 unknown_for <= std::time::Duration::from_millis(150),
                 "built outside a runtime: a stored key answered \"unknown\" without a store read {unknown_for:?} after its insert (negative_ttl 100 ms)"
