@@ -604,12 +604,20 @@ impl Segments<'_> {
 
 /// The form: exactly three canonical base64url segments.
 fn form(token: &str) -> Result<Segments<'_>, VerifyError> {
-    let mut parts = token.splitn(4, '.');
-    let (Some(h64), Some(p64), Some(s64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let three = || {
+        let dot = |from: usize| memchr::memchr(b'.', &token.as_bytes()[from..]).map(|i| from + i);
+        let first = dot(0)?;
+        let second = dot(first + 1)?;
+        dot(second + 1).is_none().then_some((first, second))
+    };
+    let Some((first, second)) = three() else {
         return Err(malformed("token must be three base64url segments"));
     };
+    let (h64, p64, s64) = (
+        &token[..first],
+        &token[first + 1..second],
+        &token[second + 1..],
+    );
     if h64.is_empty() || p64.is_empty() || s64.is_empty() {
         return Err(malformed("empty token segment"));
     }
