@@ -491,10 +491,9 @@ mod quick {
             })
         }
 
-        fn value(&mut self, list: bool) -> Option<Value<'a>> {
+        /// A value that is neither a string nor a number.
+        fn other(&mut self, list: bool) -> Option<Value<'a>> {
             match self.peek()? {
-                b'"' => self.string().map(|s| Value::Str(Cow::Borrowed(s))),
-                b'0'..=b'9' => self.integer().map(Value::Num),
                 b't' => self.literal("true"),
                 b'f' => self.literal("false"),
                 b'n' => self.literal("null"),
@@ -537,7 +536,6 @@ mod quick {
                 let name = cursor.string()?;
                 cursor.eat(b':')?;
                 let slot = T::slot(name);
-                let value = cursor.value(slot.is_some() && slot == T::LIST)?;
                 let first = match slot {
                     Some(i) => {
                         let first = known & (1 << i) == 0;
@@ -546,10 +544,31 @@ mod quick {
                     }
                     None => unknown.insert(Cow::Borrowed(name)),
                 };
-                match slot {
-                    _ if !first => out.mark_duplicate(),
-                    Some(i) => out.put(i, value),
-                    None => {}
+                if !first {
+                    out.mark_duplicate();
+                }
+                let keep = slot.filter(|_| first);
+                // Each value is built where it is stored: a value returned
+                // through memory and copied again stalls the copy.
+                match cursor.peek()? {
+                    b'"' => {
+                        let s = cursor.string()?;
+                        if let Some(i) = keep {
+                            out.put(i, Value::Str(Cow::Borrowed(s)));
+                        }
+                    }
+                    b'0'..=b'9' => {
+                        let n = cursor.integer()?;
+                        if let Some(i) = keep {
+                            out.put(i, Value::Num(n));
+                        }
+                    }
+                    _ => {
+                        let value = cursor.other(slot.is_some() && slot == T::LIST)?;
+                        if let Some(i) = keep {
+                            out.put(i, value);
+                        }
+                    }
                 }
                 match cursor.peek()? {
                     b',' => cursor.at += 1,
