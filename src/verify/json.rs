@@ -466,15 +466,13 @@ mod quick {
             Some(&self.text[start..start + len])
         }
 
-        /// A non-negative integer of 1 to 15 digits, no leading zero, not
-        /// followed by a fraction or an exponent.
+        /// A non-negative integer of 1 to 15 digits, no leading zero. A
+        /// fraction or an exponent after it is left to serde_json by the
+        /// member loop, which takes only `,` or `}` after a value.
         fn integer(&mut self) -> Option<f64> {
             let digits = &self.text.as_bytes()[self.at..];
             let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
             if len == 0 || len > 15 || (len > 1 && digits[0] == b'0') {
-                return None;
-            }
-            if let Some(b'.' | b'e' | b'E') = digits.get(len) {
                 return None;
             }
             self.at += len;
