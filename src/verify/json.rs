@@ -136,6 +136,11 @@ trait Slots<'de>: Default {
     /// The one slot whose value may be an array of strings (kept as a
     /// list); every other array is read as "not the expected type".
     const LIST: Option<u8> = None;
+    /// Slots whose value is not read, only skipped (one bit per slot):
+    /// serde_json checks that it is well-formed JSON and nothing more, as
+    /// for unknown members (a number past f64's range or a lone surrogate
+    /// escape is not refused there); `put` gets `Value::Other`.
+    const SKIPPED: u32 = 0;
     /// The slot of member `name`, if it has one (at most 32 slots).
     fn slot(name: &str) -> Option<u8>;
     /// Stores the value of the member whose slot is `slot`.
@@ -144,6 +149,7 @@ trait Slots<'de>: Default {
 }
 
 impl<'de> Slots<'de> for RawHeader<'de> {
+    const SKIPPED: u32 = 1 << 3;
     fn slot(name: &str) -> Option<u8> {
         // jwk, jku, x5u, x5c and the rest have none: the key always comes
         // from the store.
@@ -195,6 +201,7 @@ const NBF: u64 = packed("nbf");
 
 impl<'de> Slots<'de> for RawClaims<'de> {
     const LIST: Option<u8> = Some(5);
+    const SKIPPED: u32 = 1 << 9 | 1 << 10;
     fn slot(name: &str) -> Option<u8> {
         // Short names compared as one integer each (a string match
         // compares bytes with a call per candidate).
@@ -281,6 +288,10 @@ impl<'de, T: Slots<'de>> Visitor<'de> for ObjectVisitor<T> {
                 _ if !first => {
                     out.mark_duplicate();
                     map.next_value::<IgnoredAny>()?;
+                }
+                Some(i) if T::SKIPPED & (1 << i) != 0 => {
+                    map.next_value::<IgnoredAny>()?;
+                    out.put(i, Value::Other);
                 }
                 Some(i) => {
                     let value = map.next_value_seed(ValueSeed {
@@ -765,6 +776,34 @@ mod tests {
             quick_read > 4_000 && left_to_serde > 4_000 && refused > 4_000,
             "{quick_read} read quickly, {left_to_serde} left to serde_json, {refused} refused"
         );
+    }
+
+    /// Members whose value is only skipped (`client_id`, the resource
+    /// owner claim, `crit`) are checked as well-formed JSON and no more, as
+    /// before the quick reader came: an outside review found them refused
+    /// once they were read as values.
+    #[test]
+    fn skipped_members_are_only_checked_as_json() {
+        for payload in [
+            &br#"{"client_id":1e400}"#[..],
+            br#"{"urn:zitadel:iam:user:resourceowner:id":-1e309}"#,
+            br#"{"client_id":"\ud800"}"#,
+            b"{\"client_id\":\"\xff\"}",
+        ] {
+            assert!(
+                parse_claims(payload).is_ok(),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        for header in [
+            &br#"{"alg":"RS256","crit":1e400}"#[..],
+            br#"{"alg":"RS256","crit":"\udc00"}"#,
+        ] {
+            assert!(parse_header(header).is_ok_and(|h| h.crit));
+        }
+        // A value that is read still is refused for the same bytes.
+        assert!(parse_claims(br#"{"exp":1e400}"#).is_err());
     }
 
     #[test]
