@@ -30,6 +30,23 @@ use jwt_profile::{AssertionSigner, KeyFile};
 
 const USAGE: &str = "usage: machine_login [--print-token [--count N]] [--audience AUD] [--token-endpoint [--issuer ISSUER] [--scope SCOPE]] KEY_FILE [URL]";
 
+/// What `--help` prints after the usage line.
+const HELP: &str = "\
+Signs an assertion with KEY_FILE (a ZITADEL key file) and calls URL with it
+(default http://127.0.0.1:8080/whoami).
+
+  --audience AUD     the assertion's audience (default: URL's origin)
+  --print-token      print the token instead of calling URL
+  --count N          with --print-token: N distinct assertions, one per line
+  --token-endpoint   log in as ZITADEL's client libraries do: discovery at
+                     ISSUER/.well-known/openid-configuration, an assertion for
+                     the issuer exchanged at its token endpoint, then URL
+                     called with the access token
+  --issuer ISSUER    the issuer, exactly as the server names it (default:
+                     URL's origin; give the server's JWT_PROFILE_ISSUER when
+                     it is set)
+  --scope SCOPE      the scopes asked for (default: openid)";
+
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 /// Sends `request` and returns the status and body.
@@ -135,7 +152,7 @@ async fn main() -> ExitCode {
                 None => return fail(USAGE),
             },
             "-h" | "--help" => {
-                println!("{USAGE}");
+                println!("{USAGE}\n\n{HELP}");
                 return ExitCode::SUCCESS;
             }
             _ => positional.push(arg),
