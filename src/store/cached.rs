@@ -568,19 +568,17 @@ impl CachedStore {
             key_cache(CacheResult::Hit);
             return Ok(Some(key));
         }
-        let generation = self.generation.load(Ordering::SeqCst);
-        if let Some(hit) = self.current(key_id).await {
-            if let Some(key) = &hit {
-                mirror::put(self, key_id, key, generation);
+        // Past the mirror, boxed: moka's futures would make every
+        // verification's future (moved whole by its callers) about 1 KB
+        // larger.
+        Box::pin(async move {
+            if let Some(hit) = self.cached(key_id).await {
+                return Ok(hit);
             }
-            key_cache(match hit {
-                Some(_) => CacheResult::Hit,
-                None => CacheResult::NegativeHit,
-            });
-            return Ok(hit);
-        }
-        key_cache(CacheResult::Miss);
-        Box::pin(self.load(key_id)).await
+            key_cache(CacheResult::Miss);
+            self.load(key_id).await
+        })
+        .await
     }
 
     /// What the cache holds for `key_id` now, without a store read: `None`
@@ -599,6 +597,14 @@ impl CachedStore {
             key_cache(CacheResult::Hit);
             return Some(Ok(Some(key)));
         }
+        // Boxed, as in `find`.
+        Box::pin(self.cached(key_id)).await.map(Ok)
+    }
+
+    /// The moka cache's answer for `key_id` when it is current (then
+    /// mirrored and counted as a hit), else `None`, uncounted.
+    async fn cached(&self, key_id: &str) -> Option<Option<Arc<VerifyingKey>>> {
+        use crate::telemetry::{CacheResult, key_cache};
         let generation = self.generation.load(Ordering::SeqCst);
         let hit = self.current(key_id).await?;
         if let Some(key) = &hit {
@@ -608,7 +614,7 @@ impl CachedStore {
             Some(_) => CacheResult::Hit,
             None => CacheResult::NegativeHit,
         });
-        Some(Ok(hit))
+        Some(hit)
     }
 
     /// The cached answer for `key_id`, unless it is missing or filled

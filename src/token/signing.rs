@@ -368,12 +368,16 @@ impl SigningKeys {
         if set.read_at.elapsed() < Duration::from_secs(1) {
             return Ok(None);
         }
-        {
+        // Boxed: the store read's future would make every verification's
+        // future larger.
+        Box::pin(async {
             let _busy = self.inner.busy.lock().await;
             if self.set().read_at.elapsed() >= Duration::from_secs(1) {
                 self.reload().await?;
             }
-        }
+            Ok::<_, IssuerError>(())
+        })
+        .await?;
         Ok(self.set().keys.iter().find(|k| k.id == kid).cloned())
     }
 

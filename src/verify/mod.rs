@@ -41,6 +41,7 @@ use json::{AudVal, NumVal, RawClaims, StrVal, parse_claims, parse_header};
 use validation::MAX_NUMERIC_DATE;
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -348,46 +349,53 @@ impl Verifier {
             let (principal, entry) = self
                 .access_token(access, &segments, alg, kid, now, lookups)
                 .await?;
-            if let Some(entry) = entry {
-                self.remember(token, entry, now_secs).await;
+            if let Some(insert) = self.remember(token, entry, now_secs) {
+                insert.await;
             }
             return Ok(principal);
         }
-        let claims = parse_claims(segments.payload())?;
-        if let Some(StrVal::Str(iss)) = &claims.iss {
-            span.record("enduser.id", &**iss);
-        }
-        let checked = check_claims(&claims, v, now_secs)?;
-        let key = self.key(kid, checked.issuer, alg, now, lookups).await?;
-        // Signature over "header.payload", exactly as received.
-        if !key.verify(alg, segments.signing_input, segments.signature()) {
-            return Err(Reason::Signature.into());
-        }
-        self.replay(&checked, now).await?;
-        let stored = key.key();
-        let principal = Principal {
-            user_id: stored.user_id.clone(),
-            org_id: stored.resource_owner.clone(),
-            key_id: stored.id.clone(),
-            expires_at: to_datetime(checked.exp),
-            issued_at: to_datetime(checked.iat),
-            kind: TokenKind::Assertion,
-            scopes: Vec::new(),
-        };
-        // With replay protection on, a repeat is a replay: never remembered.
-        if self.inner.replay.is_none() && self.remembers() {
-            let entry = CheckedAssertion {
+        // In a block: what it reads is dead by the time the accepted
+        // assertion is remembered, so the future holds the two apart.
+        let (principal, insert) = {
+            let claims = parse_claims(segments.payload())?;
+            if let Some(StrVal::Str(iss)) = &claims.iss {
+                span.record("enduser.id", &**iss);
+            }
+            let checked = check_claims(&claims, v, now_secs)?;
+            let key = self.key(kid, checked.issuer, alg, now, lookups).await?;
+            // Signature over "header.payload", exactly as received.
+            if !key.verify(alg, segments.signing_input, segments.signature()) {
+                return Err(Reason::Signature.into());
+            }
+            self.replay(&checked, now).await?;
+            let stored = key.key();
+            let principal = Principal {
+                user_id: stored.user_id.clone(),
+                org_id: stored.resource_owner.clone(),
                 key_id: stored.id.clone(),
-                key_sequence: stored.details.sequence,
-                principal: principal.clone(),
-                exp: checked.exp,
-                iat: checked.iat,
-                nbf: checked.nbf,
+                expires_at: to_datetime(checked.exp),
+                issued_at: to_datetime(checked.iat),
                 kind: TokenKind::Assertion,
-                last_valid: checked.last_valid(v),
-                lifetime: Duration::ZERO,
+                scopes: Vec::new(),
             };
-            self.remember(token, entry, now_secs).await;
+            // With replay protection on, a repeat is a replay: never
+            // remembered.
+            let entry =
+                (self.inner.replay.is_none() && self.remembers()).then(|| CheckedAssertion {
+                    key_id: stored.id.clone(),
+                    key_sequence: stored.details.sequence,
+                    principal: principal.clone(),
+                    exp: checked.exp,
+                    iat: checked.iat,
+                    nbf: checked.nbf,
+                    kind: TokenKind::Assertion,
+                    last_valid: checked.last_valid(v),
+                    lifetime: Duration::ZERO,
+                });
+            (principal, self.remember(token, entry, now_secs))
+        };
+        if let Some(insert) = insert {
+            insert.await;
         }
         Ok(principal)
     }
@@ -407,7 +415,10 @@ impl Verifier {
         let Some(checked) = self.inner.checked.as_ref() else {
             return Ok(None);
         };
-        let Some(hit) = checked.get(&TokenRef(token)).await else {
+        // moka's futures, boxed: inline they would make every
+        // verification's future (moved whole by its callers) about 1 KB
+        // larger, with the cache of checked assertions off too.
+        let Some(hit) = Box::pin(checked.get(&TokenRef(token))).await else {
             return Ok(None);
         };
         // With replay protection on, a repeated assertion is a replay: the
@@ -431,7 +442,7 @@ impl Verifier {
             }
             return Ok(Some(hit.principal.clone()));
         }
-        checked.invalidate(&TokenRef(token)).await;
+        Box::pin(checked.invalidate(&TokenRef(token))).await;
         Ok(None)
     }
 
@@ -506,17 +517,25 @@ impl Verifier {
     }
 
     /// Remembers an accepted token for no longer than it can pass the time
-    /// rules.
-    async fn remember(&self, token: &str, mut entry: CheckedAssertion, now_secs: f64) {
-        let Some(cache) = self.inner.checked.as_ref() else {
-            return;
-        };
+    /// rules: the cache's insertion, boxed, to be awaited (`None` when
+    /// there is nothing to insert). Built without awaiting, so what built
+    /// it is dead while the insertion runs: moka's future inline would make
+    /// every verification's future (moved whole by its callers) larger.
+    fn remember<'a>(
+        &'a self,
+        token: &str,
+        entry: Option<CheckedAssertion>,
+        now_secs: f64,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+        let (cache, mut entry) = (self.inner.checked.as_ref()?, entry?);
         entry.lifetime =
             Duration::from_secs_f64((entry.last_valid - now_secs).clamp(0.0, 86_400.0));
         if entry.lifetime.is_zero() {
-            return;
+            return None;
         }
-        cache.insert(TokenKey::new(token), Arc::new(entry)).await;
+        Some(Box::pin(
+            cache.insert(TokenKey::new(token), Arc::new(entry)),
+        ))
     }
 }
 
