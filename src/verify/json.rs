@@ -104,10 +104,11 @@ fn read_object<'a, T: Slots<'a>>(bytes: &'a [u8]) -> Result<T, serde_json::Error
     Ok(object)
 }
 
-/// Tracks the names of unknown members seen in one object (known members
-/// are tracked by their slot's bit).
+/// Tracks the members seen in one object: known members by their slot's
+/// bit, the rest by name.
 #[derive(Default)]
 struct Seen<'a> {
+    known: u32,
     /// The first names, in a list: objects in real tokens have few unknown
     /// members, and most have none (no allocation then).
     few: Vec<Cow<'a, str>>,
@@ -116,6 +117,19 @@ struct Seen<'a> {
 
 impl<'a> Seen<'a> {
     const FEW: usize = 16;
+
+    /// Records a member with slot `slot` (or, without one, its `name`);
+    /// false when it was seen before in this object.
+    fn first(&mut self, slot: Option<u8>, name: Cow<'a, str>) -> bool {
+        match slot {
+            Some(i) => {
+                let first = self.known & (1 << i) == 0;
+                self.known |= 1 << i;
+                first
+            }
+            None => self.insert(name),
+        }
+    }
 
     /// Records `name`; false when it was seen before.
     fn insert(&mut self, name: Cow<'a, str>) -> bool {
@@ -271,19 +285,10 @@ impl<'de, T: Slots<'de>> Visitor<'de> for ObjectVisitor<T> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
         let mut out = T::default();
-        // Known members by their slot's bit; the rest by name.
-        let mut known = 0u32;
-        let mut unknown = Seen::default();
+        let mut seen = Seen::default();
         while let Some(NameSeed(name)) = map.next_key::<NameSeed>()? {
             let slot = T::slot(&name);
-            let first = match slot {
-                Some(i) => {
-                    let first = known & (1 << i) == 0;
-                    known |= 1 << i;
-                    first
-                }
-                None => unknown.insert(name),
-            };
+            let first = seen.first(slot, name);
             match slot {
                 _ if !first => {
                     out.mark_duplicate();
@@ -538,21 +543,13 @@ mod quick {
         let mut cursor = Cursor { text, at: 0 };
         cursor.eat(b'{')?;
         let mut out = T::default();
-        let mut known = 0u32;
-        let mut unknown = Seen::default();
+        let mut seen = Seen::default();
         if cursor.peek()? != b'}' {
             loop {
                 let name = cursor.string()?;
                 cursor.eat(b':')?;
                 let slot = T::slot(name);
-                let first = match slot {
-                    Some(i) => {
-                        let first = known & (1 << i) == 0;
-                        known |= 1 << i;
-                        first
-                    }
-                    None => unknown.insert(Cow::Borrowed(name)),
-                };
+                let first = seen.first(slot, Cow::Borrowed(name));
                 if !first {
                     out.mark_duplicate();
                 }
