@@ -153,7 +153,9 @@ trait Slots<'de>: Default {
     /// Slots whose value is not read, only skipped (one bit per slot):
     /// serde_json checks that it is well-formed JSON and nothing more, as
     /// for unknown members (a number past f64's range or a lone surrogate
-    /// escape is not refused there); `put` gets `Value::Other`.
+    /// escape is not refused there). `put` must not depend on their value:
+    /// serde_json's reader passes `Value::Other`, the quick reader the
+    /// plain value it read.
     const SKIPPED: u32 = 0;
     /// The slot of member `name`, if it has one (at most 32 slots).
     fn slot(name: &str) -> Option<u8>;
