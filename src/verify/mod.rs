@@ -56,7 +56,9 @@ use crate::store::{CachedStore, KeyLookup, StoreError};
 
 /// Validates JWT-profile assertions against the keys of a [`KeyLookup`]
 /// (normally a [`CachedStore`](crate::store::CachedStore)) and, when given
-/// [`AccessTokens`], the access tokens of a token issuer. Cheap to clone.
+/// [`AccessTokens`], the access tokens of a token issuer. Cheap to clone;
+/// clones share one cache of checked tokens, while a verifier made by one of
+/// the `with_*` builders starts with its own, empty.
 #[derive(Clone)]
 pub struct Verifier {
     inner: Arc<Inner>,
@@ -105,10 +107,18 @@ impl Verifier {
         }
     }
 
-    /// The same verifier with `change` applied to its settings.
+    /// The same verifier with `change` applied to its settings, and a cache
+    /// of checked tokens of its own, empty: what a verifier with other
+    /// settings remembered (a clone this one was made from, which may
+    /// accept no access tokens, or another issuer's) is not this one's to
+    /// accept.
     fn with_inner(self, change: impl FnOnce(&mut Inner)) -> Verifier {
         let mut inner = Arc::unwrap_or_clone(self.inner);
         change(&mut inner);
+        inner.checked = inner
+            .checked
+            .as_ref()
+            .map(|c| assertion_cache(c.policy().max_capacity().unwrap_or(0)));
         Verifier {
             inner: Arc::new(inner),
         }
@@ -118,13 +128,7 @@ impl Verifier {
     /// The same verifier reading time from `clock` (for tests). Its cache of
     /// checked assertions starts empty.
     pub fn with_clock(self, clock: impl Clock) -> Verifier {
-        self.with_inner(|inner| {
-            inner.clock = Arc::new(clock);
-            inner.checked = inner
-                .checked
-                .as_ref()
-                .map(|c| assertion_cache(c.policy().max_capacity().unwrap_or(0)));
-        })
+        self.with_inner(|inner| inner.clock = Arc::new(clock))
     }
 
     /// Remembers up to `max_entries` assertions whose signature was

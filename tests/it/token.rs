@@ -282,6 +282,33 @@ async fn an_assertion_is_exchanged_for_an_access_token_the_layer_accepts() {
     assert_eq!(app.whoami(&assertion).await.status, 401);
 }
 
+/// A verifier made from another by a builder (here `with_access_tokens`)
+/// shares nothing with it that could accept a token: an access token
+/// remembered by the verifier that accepts them is still refused by the
+/// one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_without_access_tokens_refuses_one_its_sibling_remembered() {
+    use jwt_profile::{Reason, VerifyError};
+    let app = token_app().await;
+    let bot = app.machine("ci-bot").await;
+    let token = app.access_token(&bot).await;
+    let plain =
+        Verifier::new(app.store.clone(), Validation::new([SERVICE])).with_clock(app.clock.clone());
+    let with_tokens = plain.clone().with_access_tokens(app.issuer.access_tokens());
+    let refused = |r: Result<Principal, VerifyError>| {
+        assert!(
+            matches!(r, Err(VerifyError::Invalid(Reason::TokenType))),
+            "{r:?}"
+        )
+    };
+    refused(plain.verify(&token).await);
+    let who = with_tokens.verify(&token).await.expect("accepted");
+    assert_eq!(who.user_id, "ci-bot");
+    // Remembered by `with_tokens`; a repeat there is still accepted.
+    with_tokens.verify(&token).await.expect("accepted again");
+    refused(plain.verify(&token).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_row_answers_as_rfc_6749_says() {
     let app = token_app().await;
