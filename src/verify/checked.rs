@@ -97,13 +97,124 @@ impl Expiry<TokenKey, Arc<CheckedAssertion>> for CheckedExpiry {
 /// Default number of checked assertions remembered by a [`Verifier`].
 pub(crate) const DEFAULT_ASSERTION_CACHE_ENTRIES: u64 = 10_000;
 
-pub(crate) type AssertionCache = Cache<TokenKey, Arc<CheckedAssertion>>;
+/// The cache of checked tokens: moka, with a small per-thread mirror of
+/// its hits in front (as the key cache has), so a repeat on the same thread
+/// reads no shared map, records no read and starts no future. Clones share
+/// both.
+#[derive(Clone)]
+pub(crate) struct AssertionCache {
+    /// Tells this cache's mirrored entries from other caches'.
+    id: u64,
+    moka: Cache<TokenKey, Arc<CheckedAssertion>>,
+}
 
 pub(crate) fn assertion_cache(max_entries: u64) -> AssertionCache {
-    Cache::builder()
-        .max_capacity(max_entries)
-        .expire_after(CheckedExpiry)
-        .build()
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    AssertionCache {
+        id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        moka: Cache::builder()
+            .max_capacity(max_entries)
+            .expire_after(CheckedExpiry)
+            .build(),
+    }
+}
+
+impl AssertionCache {
+    /// The most entries moka keeps (each thread's mirror holds at most
+    /// [`mirror::SLOTS`] more, all of them moka's hits).
+    pub(crate) fn max_entries(&self) -> u64 {
+        self.moka.policy().max_capacity().unwrap_or(0)
+    }
+
+    /// `token`'s entry, if it is in this thread's mirror and `now_secs` is
+    /// not past the last moment it can pass the time rules (moka drops an
+    /// entry then; the mirror never keeps one longer).
+    pub(crate) fn mirrored(&self, token: &str, now_secs: f64) -> Option<Arc<CheckedAssertion>> {
+        mirror::get(self.id, token, now_secs)
+    }
+
+    /// `token`'s entry in moka; a hit is mirrored on this thread.
+    pub(crate) async fn get(&self, token: &str) -> Option<Arc<CheckedAssertion>> {
+        let hit = self.moka.get(&TokenRef(token)).await?;
+        mirror::put(self.id, token, &hit);
+        Some(hit)
+    }
+
+    /// Forgets `token`, in moka and in this thread's mirror. Other threads'
+    /// mirrors may still hold it: a hit there checks the key again, as
+    /// every hit does, and forgets it there when that check fails.
+    pub(crate) async fn invalidate(&self, token: &str) {
+        mirror::forget(self.id, token);
+        self.moka.invalidate(&TokenRef(token)).await;
+    }
+
+    /// Remembers `entry` for `token` (in moka; the mirror takes it from a
+    /// later hit).
+    pub(crate) fn insert(
+        &self,
+        token: &str,
+        entry: Arc<CheckedAssertion>,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        self.moka.insert(TokenKey::new(token), entry)
+    }
+}
+
+/// Each thread's mirror: a direct-mapped table of recent hits. A slot
+/// answers only for the same cache and the same token, every byte.
+mod mirror {
+    use super::CheckedAssertion;
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    pub(super) const SLOTS: usize = 64;
+
+    struct Slot {
+        cache: u64,
+        token: Box<str>,
+        entry: Arc<CheckedAssertion>,
+    }
+
+    thread_local! {
+        static SLOTS_OF_THREAD: RefCell<[Option<Slot>; SLOTS]> =
+            const { RefCell::new([const { None }; SLOTS]) };
+    }
+
+    fn slot_of(token: &str) -> usize {
+        crate::key::table_slot(token.as_bytes(), SLOTS)
+    }
+
+    pub(super) fn get(cache: u64, token: &str, now_secs: f64) -> Option<Arc<CheckedAssertion>> {
+        let at = slot_of(token);
+        SLOTS_OF_THREAD.with_borrow(|slots| {
+            let slot = slots[at].as_ref()?;
+            let current =
+                slot.cache == cache && *slot.token == *token && now_secs <= slot.entry.last_valid;
+            current.then(|| slot.entry.clone())
+        })
+    }
+
+    pub(super) fn put(cache: u64, token: &str, entry: &Arc<CheckedAssertion>) {
+        let at = slot_of(token);
+        SLOTS_OF_THREAD.with_borrow_mut(|slots| {
+            slots[at] = Some(Slot {
+                cache,
+                token: token.into(),
+                entry: entry.clone(),
+            });
+        });
+    }
+
+    pub(super) fn forget(cache: u64, token: &str) {
+        let at = slot_of(token);
+        SLOTS_OF_THREAD.with_borrow_mut(|slots| {
+            if slots[at]
+                .as_ref()
+                .is_some_and(|slot| slot.cache == cache && *slot.token == *token)
+            {
+                slots[at] = None;
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +233,54 @@ mod tests {
         assert!(!TokenRef(a).equivalent(&TokenKey::new(b)));
         assert!(TokenRef(a).equivalent(&TokenKey::new(a)));
         assert!(!TokenRef(&a[1..]).equivalent(&TokenKey::new(a)));
+    }
+
+    fn entry_until(user: &str, last_valid: f64) -> Arc<CheckedAssertion> {
+        Arc::new(CheckedAssertion {
+            key_id: "k".into(),
+            key_sequence: 1,
+            principal: Principal::new(user, "o", "k"),
+            exp: last_valid,
+            iat: 0.0,
+            nbf: None,
+            kind: crate::principal::TokenKind::Assertion,
+            last_valid,
+            lifetime: Duration::from_secs(60),
+        })
+    }
+
+    /// The mirror answers only for its cache, the same token and no later
+    /// than the entry's last valid moment; a forgotten token is gone from
+    /// it, and only what moka answered is mirrored.
+    #[tokio::test]
+    async fn the_mirror_answers_only_what_moka_answered_for_this_cache() {
+        let (one, other) = (assertion_cache(10), assertion_cache(10));
+        let token = format!("h.p.{}", "s".repeat(40));
+        let user = |hit: Option<Arc<CheckedAssertion>>| hit.map(|e| e.principal.user_id.clone());
+        assert_eq!(user(one.mirrored(&token, 5.0)), None);
+        one.insert(&token, entry_until("a", 10.0)).await;
+        // Inserted, not yet read: moka has it, the mirror not.
+        assert_eq!(user(one.mirrored(&token, 5.0)), None);
+        assert_eq!(user(one.get(&token).await).as_deref(), Some("a"));
+        assert_eq!(user(one.mirrored(&token, 5.0)).as_deref(), Some("a"));
+        assert_eq!(user(one.mirrored(&token, 10.0)).as_deref(), Some("a"));
+        // Past its last valid moment; another cache; another token of the
+        // same length and tail (the same slot).
+        assert_eq!(user(one.mirrored(&token, 10.001)), None);
+        assert_eq!(user(other.mirrored(&token, 5.0)), None);
+        let twin = format!("x.y.{}", "s".repeat(40));
+        assert_eq!(user(one.mirrored(&twin, 5.0)), None);
+        // Forgotten: gone from the mirror and from moka.
+        one.invalidate(&token).await;
+        assert_eq!(user(one.mirrored(&token, 5.0)), None);
+        assert_eq!(user(one.get(&token).await), None);
+        // Each thread has its own mirror.
+        one.insert(&token, entry_until("b", 10.0)).await;
+        assert!(one.get(&token).await.is_some());
+        let (one2, token2) = (one.clone(), token.clone());
+        let elsewhere = std::thread::spawn(move || one2.mirrored(&token2, 5.0).is_some());
+        assert!(!elsewhere.join().expect("thread"));
+        assert!(one.mirrored(&token, 5.0).is_some());
     }
 
     #[tokio::test]
@@ -143,13 +302,14 @@ mod tests {
         let tail = "x".repeat(HASHED_TAIL);
         let a = format!("a.b.{tail}");
         let b = format!("c.d.{tail}");
-        cache.insert(TokenKey::new(&a), entry("a")).await;
-        assert!(cache.get(&TokenRef(&b)).await.is_none());
-        cache.insert(TokenKey::new(&b), entry("b")).await;
+        cache.moka.insert(TokenKey::new(&a), entry("a")).await;
+        assert!(cache.moka.get(&TokenRef(&b)).await.is_none());
+        cache.moka.insert(TokenKey::new(&b), entry("b")).await;
         let got = |t: String| {
             let cache = cache.clone();
             async move {
                 cache
+                    .moka
                     .get(&TokenRef(&t))
                     .await
                     .map(|e| e.principal.user_id.clone())

@@ -33,10 +33,7 @@ pub use access::AccessTokens;
 pub use reason::{Reason, VerifyError};
 pub use validation::Validation;
 
-use checked::{
-    AssertionCache, CheckedAssertion, DEFAULT_ASSERTION_CACHE_ENTRIES, TokenKey, TokenRef,
-    assertion_cache,
-};
+use checked::{AssertionCache, CheckedAssertion, DEFAULT_ASSERTION_CACHE_ENTRIES, assertion_cache};
 use json::{AudVal, NumVal, RawClaims, StrVal, parse_claims, parse_header};
 use validation::MAX_NUMERIC_DATE;
 
@@ -118,7 +115,7 @@ impl Verifier {
         inner.checked = inner
             .checked
             .as_ref()
-            .map(|c| assertion_cache(c.policy().max_capacity().unwrap_or(0)));
+            .map(|c| assertion_cache(c.max_entries()));
         Verifier {
             inner: Arc::new(inner),
         }
@@ -419,11 +416,15 @@ impl Verifier {
         let Some(checked) = self.inner.checked.as_ref() else {
             return Ok(None);
         };
-        // moka's futures, boxed: inline they would make every
-        // verification's future (moved whole by its callers) about 1 KB
-        // larger, with the cache of checked assertions off too.
-        let Some(hit) = Box::pin(checked.get(&TokenRef(token))).await else {
-            return Ok(None);
+        // This thread's mirror first; then moka, whose futures are boxed:
+        // inline they would make every verification's future (moved whole
+        // by its callers) about 1 KB larger, with the cache off too.
+        let hit = match checked.mirrored(token, now_secs) {
+            Some(hit) => hit,
+            None => match Box::pin(checked.get(token)).await {
+                Some(hit) => hit,
+                None => return Ok(None),
+            },
         };
         // With replay protection on, a repeated assertion is a replay: the
         // full check (which uses up its jti) decides, whatever a cache
@@ -446,7 +447,7 @@ impl Verifier {
             }
             return Ok(Some(hit.principal.clone()));
         }
-        Box::pin(checked.invalidate(&TokenRef(token))).await;
+        Box::pin(checked.invalidate(token)).await;
         Ok(None)
     }
 
@@ -537,9 +538,7 @@ impl Verifier {
         if entry.lifetime.is_zero() {
             return None;
         }
-        Some(Box::pin(
-            cache.insert(TokenKey::new(token), Arc::new(entry)),
-        ))
+        Some(Box::pin(cache.insert(token, Arc::new(entry))))
     }
 }
 
