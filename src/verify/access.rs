@@ -137,6 +137,7 @@ impl Verifier {
             iat,
             nbf,
             kind: TokenKind::AccessToken,
+            signing_key: Some(kid.into()),
             last_valid: exp + v.leeway,
             lifetime: Duration::ZERO,
         };

@@ -27,6 +27,10 @@ pub(crate) struct CheckedAssertion {
     /// An assertion (the maximum-age rule applies; with replay protection
     /// on, a repeat is a replay) or an access token.
     pub(crate) kind: crate::principal::TokenKind,
+    /// For an access token, the `kid` of the issuer's signing key that
+    /// signed it: on every use it must still be published (a removed
+    /// signing key refuses its tokens, remembered or not).
+    pub(crate) signing_key: Option<Box<str>>,
     /// The last moment (seconds) the token can pass the time rules.
     pub(crate) last_valid: f64,
     /// How long the entry lives (set when it is remembered).
@@ -244,6 +248,7 @@ mod tests {
             iat: 0.0,
             nbf: None,
             kind: crate::principal::TokenKind::Assertion,
+            signing_key: None,
             last_valid,
             lifetime: Duration::from_secs(60),
         })
@@ -295,6 +300,7 @@ mod tests {
                 iat: 0.0,
                 nbf: None,
                 kind: crate::principal::TokenKind::Assertion,
+                signing_key: None,
                 last_valid: 0.0,
                 lifetime: Duration::from_secs(60),
             })

@@ -390,6 +390,7 @@ impl Verifier {
                     iat: checked.iat,
                     nbf: checked.nbf,
                     kind: TokenKind::Assertion,
+                    signing_key: None,
                     last_valid: checked.last_valid(v),
                     lifetime: Duration::ZERO,
                 });
@@ -434,8 +435,16 @@ impl Verifier {
         if assertion && self.inner.replay.is_some() {
             return Ok(None);
         }
+        // An access token's signing key must still be published, as the
+        // full check finds it (from the set in memory).
+        let signed = match &hit.signing_key {
+            None => true,
+            Some(kid) => (self.inner.access.as_ref())
+                .is_some_and(|access| access.keys.published(kid).is_some()),
+        };
         // Removed, replaced or store down: the full check decides.
-        if let Ok(Some(key)) = self.inner.keys.find(&hit.key_id, lookups).await
+        if signed
+            && let Ok(Some(key)) = self.inner.keys.find(&hit.key_id, lookups).await
             && key.key().details.sequence == hit.key_sequence
             && key.key().user_id == hit.principal.user_id
         {
@@ -508,7 +517,7 @@ impl Verifier {
             Some(j) => j,
         };
         let v = &self.inner.validation;
-        let until = to_datetime(checked.last_valid(v));
+        let until = to_datetime_after(checked.last_valid(v));
         match replay.first_use(checked.issuer, jti, until, now).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Reason::Replayed.into()),
@@ -822,8 +831,18 @@ fn kid_problem(problem: &str) -> &'static str {
     }
 }
 
+/// `secs` as a date, truncated to the microsecond (for display: a
+/// principal's dates).
 fn to_datetime(secs: f64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros((secs * 1e6) as i64).unwrap_or_default()
+}
+
+/// A date no earlier than `secs`: rounded up to the microsecond, plus one
+/// for the float rounding of `secs * 1e6`. What is remembered until then
+/// (a used `jti`) is never forgotten while a token with a sub-microsecond
+/// date can still pass the time rules.
+fn to_datetime_after(secs: f64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros((secs * 1e6).ceil() as i64 + 1).unwrap_or_default()
 }
 
 struct Checked<'a> {

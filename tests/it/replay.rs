@@ -444,3 +444,32 @@ async fn a_remembered_assertion_is_no_pass_for_a_verifier_with_replay_protection
         Err(Some(jwt_profile::Reason::Replayed))
     );
 }
+
+/// A used `jti` is remembered while its assertion can still pass the time
+/// rules, to the last microsecond: with a date that has a fraction below a
+/// microsecond, the record's end is rounded up, never down. (An outside
+/// review found the same assertion accepted twice 1 µs before the end.)
+#[tokio::test]
+async fn a_jti_is_not_forgotten_while_its_assertion_still_passes() {
+    use jwt_profile::ManualClock;
+    let store = CachedStore::new(MemoryStore::new());
+    let bot = machine(&store, "bot").await;
+    let clock = ManualClock::at_unix(1_000_000);
+    let verifier = Verifier::new(store.clone(), Validation::new([AUD]))
+        .with_clock(clock.clone())
+        .with_replay_protection(MemoryReplayStore::new());
+    // exp with a fraction below a microsecond (a JSON number, as allowed).
+    let claims = json!({"iss": "bot", "sub": "bot", "aud": AUD, "iat": 1_000_000,
+        "exp": 1_000_100.000_000_4_f64, "jti": "once"});
+    let token = bot.sign_claims(&claims).expect("sign");
+    assert!(verifier.verify(&token).await.is_ok(), "first use");
+    assert!(verifier.verify(&token).await.is_err(), "replay refused");
+    // exp + leeway = 1_000_160.0000004: at 1_000_160.000000 the time rules
+    // still pass, so the jti must still be remembered.
+    clock.set(chrono::DateTime::from_timestamp_micros(1_000_160_000_000).expect("time"));
+    let again = verifier.verify(&token).await;
+    assert!(
+        again.is_err(),
+        "the same assertion (same jti) was accepted a second time: {again:?}"
+    );
+}

@@ -1034,3 +1034,51 @@ async fn oversized_and_stalled_bodies_are_refused_without_waiting_for_them() {
     assert!(stalled.starts_with("HTTP/1.1 400"), "{stalled}");
     assert!(started.elapsed() < Duration::from_secs(14));
 }
+
+/// A remembered access token is refused once its signing key is no longer
+/// published, as the full check refuses it (`TOKEN-unknown-key`): a repeat
+/// checks the signing key again, not only the machine key. (An outside
+/// review found the repeat accepting it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_access_token_dies_with_its_signing_key() {
+    let backend = Arc::new(MemoryStore::new());
+    let app = token_app_on(
+        backend.clone(),
+        backend.clone(),
+        MasterKey::generate().expect("master"),
+        ManualClock::now_system(),
+    )
+    .await;
+    let bot = app.machine("bot").await;
+    let token = app.access_token(&bot).await;
+    // Accepted once by the layer: remembered.
+    assert_eq!(app.whoami(&token).await.status, 200);
+    let kid = parts(&token).0["kid"].as_str().expect("kid").to_string();
+    // The signing key is taken out of the store (an operator revoking a
+    // leaked key, or a retention shorter than some replica's tokens), and
+    // the issuer reads its keys again: it is no longer published.
+    SigningKeyStore::remove_signing_key(&*backend, &kid)
+        .await
+        .expect("remove signing key");
+    app.issuer.maintain().await.expect("maintain");
+    assert!(
+        app.issuer.jwks().keys.iter().all(|k| k.kid != kid),
+        "no longer published"
+    );
+    // The full check, right now: refused.
+    let full = app.verifier.clone().without_assertion_cache();
+    assert_eq!(
+        full.verify(&token).await.map(|p| p.user_id),
+        Err(jwt_profile::VerifyError::Invalid(
+            jwt_profile::Reason::UnknownKey
+        )),
+        "the full check refuses a token whose signing key is gone"
+    );
+    // The entry remembered by the layer's verifier: refused too.
+    let hit = app.verifier.verify(&token).await.map(|p| p.user_id);
+    let http = app.whoami(&token).await.status;
+    assert!(
+        hit.is_err() && http == 401,
+        "a remembered access token accepted after its signing key was removed: verify {hit:?}, /whoami {http}"
+    );
+}
