@@ -199,14 +199,14 @@ async fn whoami(who: Principal) -> axum::response::Response {
     // axum's `Json` starts at 128 bytes and grows.
     let mut body = Vec::with_capacity(256);
     match serde_json::to_writer(&mut body, &answer) {
-        Ok(()) => (
-            [(
+        Ok(()) => {
+            let mut response = axum::response::Response::new(axum::body::Body::from(body));
+            response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
+            );
+            response
+        }
         Err(e) => Json(serde_json::json!({ "error": e.to_string() })).into_response(),
     }
 }

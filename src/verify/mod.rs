@@ -129,7 +129,8 @@ impl Verifier {
     }
 
     /// Remembers up to `max_entries` assertions whose signature was
-    /// verified (default 10 000), so a machine that reuses one assertion
+    /// verified (default 10 000; each thread also mirrors up to 64 of
+    /// their recent hits), so a machine that reuses one assertion
     /// for many requests pays for the signature once. Each entry lives no
     /// longer than the assertion can pass the time rules. An entry holds no
     /// authority of its own: on every use the key is looked up again and
