@@ -360,6 +360,8 @@ async fn replay_memory_accepts_each_jti_once() {
     let token = sign_with_jti(&admin, aud);
     let first = http.call(Method::GET, "/whoami", &token, &[], "").await;
     assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.header("content-type"), "application/json");
+    assert_eq!(first.json()["userId"], "admin");
     let again = http.call(Method::GET, "/whoami", &token, &[], "").await;
     assert_eq!(again.status, StatusCode::UNAUTHORIZED);
     assert_eq!(again.error_id(), "TOKEN-replayed");
