@@ -841,9 +841,16 @@ fn to_datetime(secs: f64) -> DateTime<Utc> {
 /// A date no earlier than `secs`: rounded up to the microsecond, plus one
 /// for the float rounding of `secs * 1e6`. What is remembered until then
 /// (a used `jti`) is never forgotten while a token with a sub-microsecond
-/// date can still pass the time rules.
+/// date can still pass the time rules. Past the latest date there is (an
+/// enormous leeway), the latest date: never an early one.
 fn to_datetime_after(secs: f64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros((secs * 1e6).ceil() as i64 + 1).unwrap_or_default()
+    let micros = (secs * 1e6).ceil();
+    // `i64::MAX as f64` is 2^63: anything below it converts exactly enough.
+    if micros.is_nan() || micros >= i64::MAX as f64 {
+        return DateTime::<Utc>::MAX_UTC;
+    }
+    DateTime::from_timestamp_micros((micros as i64).saturating_add(1))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 struct Checked<'a> {

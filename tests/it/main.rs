@@ -5,6 +5,7 @@
 mod common;
 
 mod bounds;
+mod cache;
 mod conformance;
 mod example_server;
 mod grpc;

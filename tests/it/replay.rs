@@ -473,3 +473,37 @@ async fn a_jti_is_not_forgotten_while_its_assertion_still_passes() {
         "the same assertion (same jti) was accepted a second time: {again:?}"
     );
 }
+
+/// A leeway too large for a date (one meant to turn expiry off) leaves
+/// replay protection on: the record of a used `jti` ends at the latest date
+/// there is, never early, and nothing overflows. (An outside review found
+/// a panic at 10^13 s and the `jti` forgotten at once at 8.5 * 10^12 s.)
+#[tokio::test]
+async fn a_huge_leeway_keeps_replay_protection() {
+    let store = CachedStore::new(MemoryStore::new());
+    let bot = machine(&store, "bot").await;
+    for (secs, jti) in [
+        (10_000_000_000_000, "once-a"),
+        (8_500_000_000_000, "once-b"),
+        (u64::MAX, "once-c"),
+    ] {
+        let verifier = Verifier::new(
+            store.clone(),
+            Validation::new([AUD]).leeway(Duration::from_secs(secs)),
+        )
+        .with_replay_protection(MemoryReplayStore::new());
+        let token = assertion(&bot, json!(jti));
+        let first = verifier.verify(&token).await;
+        assert!(first.is_ok(), "leeway {secs}: {first:?}");
+        let second = verifier.verify(&token).await;
+        assert!(
+            matches!(
+                second,
+                Err(jwt_profile::VerifyError::Invalid(
+                    jwt_profile::Reason::Replayed
+                ))
+            ),
+            "leeway {secs}: the same assertion (same jti) a second time: {second:?}"
+        );
+    }
+}
