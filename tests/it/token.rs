@@ -103,9 +103,18 @@ pub async fn token_replica(
 
 pub async fn token_app() -> TokenApp {
     let backend = Arc::new(MemoryStore::new());
+    token_app_over(backend.clone(), backend).await
+}
+
+/// The app over `keys` and `signing`, with a new master key, on the
+/// system's time.
+pub async fn token_app_over(
+    keys: Arc<dyn KeyStore>,
+    signing: Arc<dyn SigningKeyStore>,
+) -> TokenApp {
     token_app_on(
-        backend.clone(),
-        backend,
+        keys,
+        signing,
         MasterKey::generate().expect("master"),
         ManualClock::now_system(),
     )
@@ -463,13 +472,7 @@ async fn every_error_row_answers_as_rfc_6749_says() {
 async fn a_store_that_is_down_answers_503_temporarily_unavailable() {
     let outage = crate::common::Outage::new();
     let signing = Arc::new(MemoryStore::new());
-    let app = token_app_on(
-        outage.clone(),
-        signing,
-        MasterKey::generate().expect("master"),
-        ManualClock::now_system(),
-    )
-    .await;
+    let app = token_app_over(outage.clone(), signing).await;
     let bot = app.machine("bot").await;
     outage.set_down(true);
     app.store.invalidate(bot.key_id()).await;
@@ -573,13 +576,7 @@ async fn an_independent_library_checks_access_tokens_through_the_jwks() {
 /// Removing a machine key refuses its access tokens at once, on the
 /// replica that removed it, through the cache of checked tokens too.
 async fn removal_revokes(keys: Arc<dyn KeyStore>, signing: Arc<dyn SigningKeyStore>) {
-    let app = token_app_on(
-        keys,
-        signing,
-        MasterKey::generate().expect("master"),
-        ManualClock::now_system(),
-    )
-    .await;
+    let app = token_app_over(keys, signing).await;
     let bot = app.machine("bot").await;
     let token = app.access_token(&bot).await;
     // Twice: the second answer comes from the cache of checked tokens.
@@ -1042,13 +1039,7 @@ async fn oversized_and_stalled_bodies_are_refused_without_waiting_for_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remembered_access_token_dies_with_its_signing_key() {
     let backend = Arc::new(MemoryStore::new());
-    let app = token_app_on(
-        backend.clone(),
-        backend.clone(),
-        MasterKey::generate().expect("master"),
-        ManualClock::now_system(),
-    )
-    .await;
+    let app = token_app_over(backend.clone(), backend.clone()).await;
     let bot = app.machine("bot").await;
     let token = app.access_token(&bot).await;
     // Accepted once by the layer: remembered.
