@@ -30,8 +30,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use axum::Router;
 use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{SecondsFormat, Utc};
 use jwt_profile::http::{KeyApi, TokenApi};
 use jwt_profile::policy::DefaultPolicy;
@@ -207,7 +207,7 @@ async fn whoami(who: Principal) -> axum::response::Response {
             );
             response
         }
-        Err(e) => Json(serde_json::json!({ "error": e.to_string() })).into_response(),
+        Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 

@@ -111,11 +111,11 @@ impl Verifier {
     /// accept.
     fn with_inner(self, change: impl FnOnce(&mut Inner)) -> Verifier {
         let mut inner = Arc::unwrap_or_clone(self.inner);
-        change(&mut inner);
         inner.checked = inner
             .checked
             .as_ref()
             .map(|c| assertion_cache(c.max_entries()));
+        change(&mut inner);
         Verifier {
             inner: Arc::new(inner),
         }
