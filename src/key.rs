@@ -436,6 +436,10 @@ pub struct MachineKey {
 /// the cache. Each algorithm's parsed key is built once, on first use.
 pub struct VerifyingKey {
     key: MachineKey,
+    /// The key's user, organization and id, shared with every
+    /// [`Principal`](crate::Principal) it proves, so making one allocates
+    /// no string.
+    names: [Arc<str>; 3],
     parsed: [std::sync::OnceLock<Option<ParsedPublicKey>>; 9],
     /// When it was made from the stored key: a cache holding it holds it
     /// since no earlier.
@@ -454,8 +458,14 @@ impl VerifyingKey {
     /// Wraps a stored key. Parsing for the key's default algorithm happens
     /// here, so a cache entry is ready to verify the common case at once.
     pub fn new(key: MachineKey) -> VerifyingKey {
+        let names = [
+            Arc::from(key.user_id.as_str()),
+            Arc::from(key.resource_owner.as_str()),
+            Arc::from(key.id.as_str()),
+        ];
         let vk = VerifyingKey {
             key,
+            names,
             parsed: Default::default(),
             loaded_at: std::time::Instant::now(),
         };
@@ -467,6 +477,27 @@ impl VerifyingKey {
     /// The stored key.
     pub fn key(&self) -> &MachineKey {
         &self.key
+    }
+
+    /// The caller this key proves, for a token of `kind` valid from
+    /// `issued_at` to `expires_at` with `scopes`.
+    pub(crate) fn principal(
+        &self,
+        expires_at: chrono::DateTime<chrono::Utc>,
+        issued_at: chrono::DateTime<chrono::Utc>,
+        kind: crate::TokenKind,
+        scopes: Arc<[String]>,
+    ) -> crate::Principal {
+        let [user_id, org_id, key_id] = self.names.clone();
+        crate::Principal {
+            user_id,
+            org_id,
+            key_id,
+            expires_at,
+            issued_at,
+            kind,
+            scopes,
+        }
     }
 
     /// When it was made from the stored key.

@@ -16,7 +16,7 @@
 //! let svc = ServiceBuilder::new()
 //!     .layer(JwtProfileLayer::new(verifier))
 //!     .service(service_fn(|req: Request<Full<Bytes>>| async move {
-//!         let who = req.extensions().get::<Principal>().map(|p| p.user_id.clone());
+//!         let who = req.extensions().get::<Principal>().map(|p| p.user_id.to_string());
 //!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(who.unwrap_or_default()))))
 //!     }));
 //! let res = svc.oneshot(Request::new(Full::new(Bytes::new()))).await.unwrap();

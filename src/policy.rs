@@ -40,7 +40,7 @@ pub struct KeyAccess<'a> {
 /// ```
 /// use jwt_profile::policy::{KeyAccess, Policy};
 /// // Only users of organization "ops" may manage keys, and only their own.
-/// let policy = |a: &KeyAccess<'_>| a.caller.org_id == "ops" && a.caller.user_id == a.user_id;
+/// let policy = |a: &KeyAccess<'_>| &*a.caller.org_id == "ops" && &*a.caller.user_id == a.user_id;
 /// fn takes(_: impl Policy) {}
 /// takes(policy);
 /// ```
@@ -119,7 +119,7 @@ impl DefaultPolicy {
 
 impl Policy for DefaultPolicy {
     fn allows(&self, a: &KeyAccess<'_>) -> bool {
-        let own = a.caller.user_id == a.user_id && a.caller.org_id == a.org_id;
+        let own = &*a.caller.user_id == a.user_id && &*a.caller.org_id == a.org_id;
         own || self.is_admin(&a.caller.org_id, &a.caller.user_id)
     }
 }

@@ -1,5 +1,7 @@
 //! The [`Principal`]: who a validated assertion proves the caller to be.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::error::Error;
@@ -8,15 +10,17 @@ use crate::error::Error;
 /// proves the caller to be.
 ///
 /// The layer inserts it into the request's extensions; handlers read it from
-/// there (or, with the `axum` feature, take it as an extractor).
+/// there (or, with the `axum` feature, take it as an extractor). Its
+/// strings are shared (`Arc`), so the copies a request makes (from the
+/// cache of checked tokens, from the extensions) allocate nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     /// The machine user (`iss` = `sub` of the assertion).
-    pub user_id: String,
+    pub user_id: Arc<str>,
     /// The user's organization: the key's `resourceOwner`.
-    pub org_id: String,
+    pub org_id: Arc<str>,
     /// The id of the key that signed the assertion (`kid`).
-    pub key_id: String,
+    pub key_id: Arc<str>,
     /// The assertion's `exp`.
     pub expires_at: DateTime<Utc>,
     /// The assertion's `iat`.
@@ -25,7 +29,7 @@ pub struct Principal {
     /// access token the token endpoint issued for one.
     pub kind: TokenKind,
     /// The scopes granted to an access token (empty for an assertion).
-    pub scopes: Vec<String>,
+    pub scopes: Arc<[String]>,
 }
 
 /// Which kind of token a [`Principal`] came from.
@@ -52,9 +56,9 @@ impl Principal {
     /// A principal for code that acts as a user without an assertion, such as
     /// a bootstrap step acting as the administrator. Both dates are `now`.
     pub fn new(
-        user_id: impl Into<String>,
-        org_id: impl Into<String>,
-        key_id: impl Into<String>,
+        user_id: impl Into<Arc<str>>,
+        org_id: impl Into<Arc<str>>,
+        key_id: impl Into<Arc<str>>,
     ) -> Self {
         let now = Utc::now();
         Principal {
@@ -64,9 +68,15 @@ impl Principal {
             expires_at: now,
             issued_at: now,
             kind: TokenKind::Assertion,
-            scopes: Vec::new(),
+            scopes: no_scopes(),
         }
     }
+}
+
+/// The empty scope list, shared: a principal without scopes allocates none.
+pub(crate) fn no_scopes() -> Arc<[String]> {
+    static EMPTY: std::sync::LazyLock<Arc<[String]>> = std::sync::LazyLock::new(|| Arc::from([]));
+    EMPTY.clone()
 }
 
 /// No [`Principal`] in a request: the route or method is not behind

@@ -247,7 +247,7 @@ impl KeyService {
                 validate_id(IdKind::Org, org)?;
                 org
             }
-            None => caller.org_id.as_str(),
+            None => &caller.org_id,
         };
         let access = KeyAccess {
             caller,

@@ -35,7 +35,7 @@
 //! let response = issuer.exchange(&request).await.unwrap();
 //! let principal = verifier.verify(&response.access_token).await.unwrap();
 //! assert_eq!(principal.kind, TokenKind::AccessToken);
-//! assert_eq!(principal.user_id, "ci-bot");
+//! assert_eq!(&*principal.user_id, "ci-bot");
 //! # });
 //! ```
 
@@ -578,7 +578,7 @@ impl TokenIssuer {
             .machine_key(&principal.key_id)
             .await?
             .filter(|m| {
-                m.key().user_id == principal.user_id
+                *m.key().user_id == *principal.user_id
                     && inner.assertions.signed_by(&request.assertion, m)
             })
             .ok_or(TokenError::InvalidGrant(Reason::UnknownKey))?;

@@ -117,20 +117,16 @@ impl Verifier {
         if key_sequence != stored.details.sequence {
             return Err(Reason::UnknownKey.into());
         }
-        let principal = Principal {
-            user_id: stored.user_id.clone(),
-            org_id: stored.resource_owner.clone(),
-            key_id: stored.id.clone(),
-            expires_at: to_datetime(exp),
-            issued_at: to_datetime(iat),
-            kind: TokenKind::AccessToken,
-            scopes,
-        };
+        let principal = machine.principal(
+            to_datetime(exp),
+            to_datetime(iat),
+            TokenKind::AccessToken,
+            scopes.into(),
+        );
         if !self.remembers() {
             return Ok((principal, None));
         }
         let entry = CheckedAssertion {
-            key_id: stored.id.clone(),
             key_sequence: stored.details.sequence,
             principal: principal.clone(),
             exp,

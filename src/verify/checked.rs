@@ -17,8 +17,7 @@ use crate::principal::Principal;
 /// key (id and sequence), so a removal anywhere the key lookup sees it
 /// refuses the assertion at once.
 pub(crate) struct CheckedAssertion {
-    /// The key's id and the sequence it was stored with.
-    pub(crate) key_id: String,
+    /// The sequence its key (`principal.key_id`) was stored with.
     pub(crate) key_sequence: u64,
     pub(crate) principal: Principal,
     pub(crate) exp: f64,
@@ -241,7 +240,6 @@ mod tests {
 
     fn entry_until(user: &str, last_valid: f64) -> Arc<CheckedAssertion> {
         Arc::new(CheckedAssertion {
-            key_id: "k".into(),
             key_sequence: 1,
             principal: Principal::new(user, "o", "k"),
             exp: last_valid,
@@ -293,7 +291,6 @@ mod tests {
         let cache = assertion_cache(10);
         let entry = |user: &str| {
             Arc::new(CheckedAssertion {
-                key_id: "k".into(),
                 key_sequence: 1,
                 principal: Principal::new(user, "o", "k"),
                 exp: 0.0,

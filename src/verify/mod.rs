@@ -18,7 +18,7 @@
 //! let verifier = Verifier::new(store, Validation::new(["https://api.example.com"]));
 //! let token = signer.sign("https://api.example.com").unwrap();
 //! let principal = verifier.verify(&token).await.unwrap();
-//! assert_eq!(principal.user_id, "ci-bot");
+//! assert_eq!(&*principal.user_id, "ci-bot");
 //! assert!(verifier.verify("not.a.token").await.is_err());
 //! # });
 //! ```
@@ -300,9 +300,9 @@ impl Verifier {
         span.record("jwt_profile.kind", kind.as_str());
         match &result {
             Ok(p) => {
-                span.record("enduser.id", p.user_id.as_str());
-                span.record("jwt_profile.org_id", p.org_id.as_str());
-                span.record("jwt_profile.key_id", p.key_id.as_str());
+                span.record("enduser.id", &*p.user_id);
+                span.record("jwt_profile.org_id", &*p.org_id);
+                span.record("jwt_profile.key_id", &*p.key_id);
             }
             Err(VerifyError::Invalid(reason)) => {
                 span.record("error.type", reason.id());
@@ -371,20 +371,16 @@ impl Verifier {
             }
             self.replay(&checked, now).await?;
             let stored = key.key();
-            let principal = Principal {
-                user_id: stored.user_id.clone(),
-                org_id: stored.resource_owner.clone(),
-                key_id: stored.id.clone(),
-                expires_at: to_datetime(checked.exp),
-                issued_at: to_datetime(checked.iat),
-                kind: TokenKind::Assertion,
-                scopes: Vec::new(),
-            };
+            let principal = key.principal(
+                to_datetime(checked.exp),
+                to_datetime(checked.iat),
+                TokenKind::Assertion,
+                crate::principal::no_scopes(),
+            );
             // With replay protection on, a repeat is a replay: never
             // remembered.
             let entry =
                 (self.inner.replay.is_none() && self.remembers()).then(|| CheckedAssertion {
-                    key_id: stored.id.clone(),
                     key_sequence: stored.details.sequence,
                     principal: principal.clone(),
                     exp: checked.exp,
@@ -445,9 +441,9 @@ impl Verifier {
         };
         // Removed, replaced or store down: the full check decides.
         if signed
-            && let Ok(Some(key)) = self.inner.keys.find(&hit.key_id, lookups).await
+            && let Ok(Some(key)) = self.inner.keys.find(&hit.principal.key_id, lookups).await
             && key.key().details.sequence == hit.key_sequence
-            && key.key().user_id == hit.principal.user_id
+            && *key.key().user_id == *hit.principal.user_id
         {
             let v = &self.inner.validation;
             let max_age = assertion.then_some(v.max_age);

@@ -21,7 +21,7 @@ const AUD: &str = "https://api.example.com";
 type Seen = Result<(String, String), VerifyError>;
 
 fn seen(r: Result<Principal, VerifyError>) -> Seen {
-    r.map(|p| (p.user_id, p.org_id))
+    r.map(|p| (p.user_id.to_string(), p.org_id.to_string()))
 }
 
 /// Every token, many times on every worker (so each thread's mirror holds
@@ -41,7 +41,7 @@ async fn compare(phase: &str, cached: &Verifier, full: &Verifier, tokens: &[Stri
                         let who = req.extensions().get::<Principal>().cloned();
                         Ok::<_, std::convert::Infallible>(http::Response::new(format!(
                             "{:?}",
-                            who.map(|p| (p.user_id, p.org_id))
+                            who.map(|p| (p.user_id.to_string(), p.org_id.to_string()))
                         )))
                     }));
                 let req = Request::builder()

@@ -124,7 +124,15 @@ async fn readme_walkthrough_works_against_the_example_server() {
     assert_eq!(me["userId"], "ci-bot");
     assert_eq!(me["orgId"], "default");
     assert_eq!(me["keyId"], created.json()["keyId"]);
-    assert!(me["expiresAt"].as_str().expect("expiresAt").ends_with('Z'));
+    // RFC 3339 in UTC, whole seconds (as `exp`): `…T…:…:…Z`.
+    let expires_at = me["expiresAt"].as_str().expect("expiresAt");
+    assert_eq!(
+        expires_at.len(),
+        "2026-01-01T00:00:00Z".len(),
+        "{expires_at}"
+    );
+    assert!(expires_at.ends_with('Z'), "{expires_at}");
+    chrono::DateTime::parse_from_rfc3339(expires_at).expect("RFC 3339");
 
     let (ok, out) = machine_login(dir.path(), &["admin-key.json", &whoami]);
     assert!(ok);

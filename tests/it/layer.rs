@@ -64,7 +64,7 @@ async fn setup() -> Setup {
 
 async fn who(principal: Option<Principal>) -> String {
     principal
-        .map(|p| p.user_id)
+        .map(|p| p.user_id.to_string())
         .unwrap_or_else(|| "anonymous".to_string())
 }
 
@@ -87,7 +87,7 @@ async fn plain_hyper_server_behind_the_layer() {
             let who = req
                 .extensions()
                 .get::<Principal>()
-                .map(|p| p.user_id.clone())
+                .map(|p| p.user_id.to_string())
                 .unwrap_or_default();
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(who))))
         });
@@ -182,7 +182,7 @@ async fn bearer_scheme_is_case_insensitive() {
 #[tokio::test]
 async fn extractor_refuses_routes_not_behind_the_layer() {
     async fn needs(p: Principal) -> String {
-        p.user_id
+        p.user_id.to_string()
     }
     let http = Http::new(serve(Router::new().route("/", get(needs))).await);
     let res = http.send(Method::GET, "/", &[], "").await;
@@ -504,7 +504,10 @@ async fn on_outcome_sees_every_decision() {
         log.lock().expect("lock").push(line);
     });
     let app = Router::new()
-        .route("/", get(|p: Principal| async move { p.user_id }))
+        .route(
+            "/",
+            get(|p: Principal| async move { p.user_id.to_string() }),
+        )
         .layer(layer);
     let http = Http::new(serve(app).await);
     let token = s.bot.sign(AUD).expect("sign");

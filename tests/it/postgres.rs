@@ -42,7 +42,7 @@ async fn two_replicas_see_new_keys_at_once_and_drop_removed_keys_within_a_second
         .verify(&signer.sign(AUD).expect("sign"))
         .await
         .expect("B accepts A's key");
-    assert_eq!(principal.user_id, "bot");
+    assert_eq!(&*principal.user_id, "bot");
     assert!(
         signer.key_id().len() >= 18,
         "ids come from the database sequence: {}",
@@ -105,7 +105,7 @@ async fn unreachable_database_is_503_and_recovery_is_automatic() {
     let app = axum::Router::new()
         .route(
             "/",
-            axum::routing::get(|p: Principal| async move { p.user_id }),
+            axum::routing::get(|p: Principal| async move { p.user_id.to_string() }),
         )
         .layer(JwtProfileLayer::new(verifier));
     let http = Http::new(serve(app).await);

@@ -29,7 +29,10 @@ async fn server(store: &CachedStore, replay: impl ReplayStore) -> Http {
 
 async fn serve_verifier(verifier: Verifier) -> Http {
     let app = Router::new()
-        .route("/", get(|p: Principal| async move { p.user_id }))
+        .route(
+            "/",
+            get(|p: Principal| async move { p.user_id.to_string() }),
+        )
         .layer(JwtProfileLayer::new(verifier));
     Http::new(serve(app).await)
 }

@@ -44,7 +44,10 @@ async fn replica(
     let keys = KeyService::new(store.clone()).with_clock(clock.clone());
     let verifier = Verifier::new(store.clone(), Validation::new([AUD])).with_clock(clock.clone());
     let app = Router::new()
-        .route("/whoami", get(|p: Principal| async move { p.key_id }))
+        .route(
+            "/whoami",
+            get(|p: Principal| async move { p.key_id.to_string() }),
+        )
         .layer(JwtProfileLayer::new(verifier));
     Replica {
         keys,

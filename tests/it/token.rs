@@ -312,7 +312,7 @@ async fn a_verifier_without_access_tokens_refuses_one_its_sibling_remembered() {
     };
     refused(plain.verify(&token).await);
     let who = with_tokens.verify(&token).await.expect("accepted");
-    assert_eq!(who.user_id, "ci-bot");
+    assert_eq!(&*who.user_id, "ci-bot");
     // Remembered by `with_tokens`; a repeat there is still accepted.
     with_tokens.verify(&token).await.expect("accepted again");
     refused(plain.verify(&token).await);
@@ -685,11 +685,19 @@ async fn removing_a_machine_key_revokes_its_access_tokens_on_postgres_replicas()
     let tok_b = jsonwebtoken::decode_header(&token).expect("header");
     assert!(tok_b.kid.is_some());
     assert_eq!(
-        app_b.verifier.verify(&token).await.map(|p| p.user_id),
+        app_b
+            .verifier
+            .verify(&token)
+            .await
+            .map(|p| p.user_id.to_string()),
         Ok("bot".into())
     );
     assert_eq!(
-        app_b.verifier.verify(&token).await.map(|p| p.user_id),
+        app_b
+            .verifier
+            .verify(&token)
+            .await
+            .map(|p| p.user_id.to_string()),
         Ok("bot".into())
     );
     let me = Principal::new("bot", ORG, "-");
@@ -1059,14 +1067,18 @@ async fn a_remembered_access_token_dies_with_its_signing_key() {
     // The full check, right now: refused.
     let full = app.verifier.clone().without_assertion_cache();
     assert_eq!(
-        full.verify(&token).await.map(|p| p.user_id),
+        full.verify(&token).await.map(|p| p.user_id.to_string()),
         Err(jwt_profile::VerifyError::Invalid(
             jwt_profile::Reason::UnknownKey
         )),
         "the full check refuses a token whose signing key is gone"
     );
     // The entry remembered by the layer's verifier: refused too.
-    let hit = app.verifier.verify(&token).await.map(|p| p.user_id);
+    let hit = app
+        .verifier
+        .verify(&token)
+        .await
+        .map(|p| p.user_id.to_string());
     let http = app.whoami(&token).await.status;
     assert!(
         hit.is_err() && http == 401,

@@ -151,9 +151,9 @@ async fn a_good_assertion_yields_the_principal() {
     let p = fx
         .accepts(&token(&fx.rsa, &header(&fx.rsa), &claims("bot")))
         .await;
-    assert_eq!(p.user_id, "bot");
-    assert_eq!(p.org_id, "default");
-    assert_eq!(p.key_id, fx.rsa.key_id());
+    assert_eq!(&*p.user_id, "bot");
+    assert_eq!(&*p.org_id, "default");
+    assert_eq!(&*p.key_id, fx.rsa.key_id());
     assert_eq!(p.expires_at.timestamp(), NOW + 300);
     assert_eq!(p.issued_at.timestamp(), NOW);
 }
