@@ -55,16 +55,12 @@ impl TokenKind {
 impl Principal {
     /// A principal for code that acts as a user without an assertion, such as
     /// a bootstrap step acting as the administrator. Both dates are `now`.
-    pub fn new(
-        user_id: impl Into<Arc<str>>,
-        org_id: impl Into<Arc<str>>,
-        key_id: impl Into<Arc<str>>,
-    ) -> Self {
+    pub fn new(user_id: impl AsRef<str>, org_id: impl AsRef<str>, key_id: impl AsRef<str>) -> Self {
         let now = Utc::now();
         Principal {
-            user_id: user_id.into(),
-            org_id: org_id.into(),
-            key_id: key_id.into(),
+            user_id: Arc::from(user_id.as_ref()),
+            org_id: Arc::from(org_id.as_ref()),
+            key_id: Arc::from(key_id.as_ref()),
             expires_at: now,
             issued_at: now,
             kind: TokenKind::Assertion,

@@ -610,15 +610,15 @@ impl TokenIssuer {
         let scope = granted.join(" ");
         let claims = serde_json::json!({
             "iss": inner.settings.issuer,
-            "sub": principal.user_id,
-            "client_id": principal.user_id,
+            "sub": &*principal.user_id,
+            "client_id": &*principal.user_id,
             "aud": aud,
             "iat": iat,
             "exp": exp,
             "jti": URL_SAFE_NO_PAD.encode(jti),
             "scope": scope,
-            RESOURCE_OWNER_CLAIM: principal.org_id,
-            "key_id": principal.key_id,
+            RESOURCE_OWNER_CLAIM: &*principal.org_id,
+            "key_id": &*principal.key_id,
             KEY_SEQUENCE_CLAIM: machine.key().details.sequence.to_string(),
         });
         let header = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": signer.id});
