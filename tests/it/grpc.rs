@@ -103,8 +103,8 @@ async fn a_tonic_client_adds_gets_lists_and_removes_keys() {
     assert!(details.creation_date.is_some() && details.change_date.is_some());
     // key_details is the key file itself (bytes), not base64 of it.
     let file = KeyFile::from_json(&added.key_details).expect("key file");
-    assert_eq!(&*file.key_id, added.key_id);
-    assert_eq!(&*file.user_id, "ci-bot");
+    assert_eq!(file.key_id, added.key_id);
+    assert_eq!(file.user_id, "ci-bot");
 
     let got = grpc
         .get_key(authed(get_req("ci-bot", &added.key_id), &token, None))
