@@ -289,19 +289,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_tells_tokens_with_one_tail_apart() {
         let cache = assertion_cache(10);
-        let entry = |user: &str| {
-            Arc::new(CheckedAssertion {
-                key_sequence: 1,
-                principal: Principal::new(user, "o", "k"),
-                exp: 0.0,
-                iat: 0.0,
-                nbf: None,
-                kind: crate::principal::TokenKind::Assertion,
-                signing_key: None,
-                last_valid: 0.0,
-                lifetime: Duration::from_secs(60),
-            })
-        };
+        let entry = |user: &str| entry_until(user, 0.0);
         let tail = "x".repeat(HASHED_TAIL);
         let a = format!("a.b.{tail}");
         let b = format!("c.d.{tail}");
