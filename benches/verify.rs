@@ -14,8 +14,9 @@
 //! `cargo bench --bench verify -- --ratios-only` skips criterion;
 //! `-- --floor-only` prints the RS256 floor alone (`floor rs256 US`), which
 //! `scripts/load.sh` measures on the server's core in every round;
-//! `-- --loop fresh|floor|vk|access` runs one side alone for 10 s, for a
-//! profiler (`perf record --call-graph dwarf`).
+//! `-- --loop fresh|floor|vk|access` runs one side alone for 10 s (or
+//! `LOOP_ITERS` verifications), for a profiler (`perf record --call-graph
+//! dwarf`).
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
@@ -441,8 +442,8 @@ fn main() {
     print_metrics_cost(&rt);
 }
 
-/// `-- --loop fresh|floor|vk|access`: one side alone for 10 s, for a
-/// profiler (`perf record --call-graph dwarf target/release/deps/verify-*
+/// `-- --loop fresh|floor|vk|access`: one side alone for 10 s (or
+/// `LOOP_ITERS` verifications, rounded up to hundreds), for a profiler (`perf record --call-graph dwarf target/release/deps/verify-*
 /// --loop fresh`): a fresh RS256 assertion, the floor, the stored key's own
 /// check (`VerifyingKey::verify`), an access token.
 fn profile_loop(rt: &tokio::runtime::Runtime, which: &str) {
@@ -472,9 +473,16 @@ fn profile_loop(rt: &tokio::runtime::Runtime, which: &str) {
             .expect("key");
         (vk, input, sig)
     };
+    // `LOOP_ITERS=N`: exactly N verifications instead of 10 s (for counts
+    // per verification under valgrind).
+    let iters: Option<u64> = std::env::var("LOOP_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok());
     let start = std::time::Instant::now();
     let mut n = 0u64;
-    while start.elapsed() < std::time::Duration::from_secs(10) {
+    while iters.map_or(start.elapsed() < std::time::Duration::from_secs(10), |i| {
+        n < i
+    }) {
         for _ in 0..100 {
             match which {
                 "floor" => rs

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::Lookups;
 use super::checked::CheckedAssertion;
 use super::json::{StrVal, parse_claims};
 use super::{
-    Reason, Segments, Verifier, VerifyError, check_audience, dates, issuer_and_subject, malformed,
-    required_str, time_rules, to_datetime,
+    KnownHeader, Lookups, Reason, Segments, Verifier, VerifyError, check_audience, dates,
+    issuer_and_subject, malformed, required_str, time_rules, to_datetime,
 };
 use crate::key::Algorithm;
 use crate::principal::{Principal, TokenKind};
@@ -42,12 +41,12 @@ impl Verifier {
         &self,
         access: &AccessTokens,
         segments: &Segments<'_>,
-        alg: Algorithm,
-        kid: &str,
+        header: &KnownHeader,
         now: DateTime<Utc>,
         lookups: Lookups,
+        span: &tracing::Span,
     ) -> Result<(Principal, Option<CheckedAssertion>), VerifyError> {
-        let span = tracing::Span::current();
+        let (alg, kid) = (header.alg, &*header.kid);
         let v = &self.inner.validation;
         let now_secs = now.timestamp_micros() as f64 / 1e6;
         if alg != Algorithm::RS256 {

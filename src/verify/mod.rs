@@ -202,10 +202,10 @@ impl Verifier {
         let Ok(segments) = form(token) else {
             return false;
         };
-        let Ok((alg, _, _)) = read_header(&segments, &self.inner.validation) else {
+        let Ok(header) = read_header(&segments, &self.inner.validation) else {
             return false;
         };
-        key.verify(alg, segments.signing_input, segments.signature())
+        key.verify(header.alg, segments.signing_input, segments.signature())
     }
 
     /// Checks every assertion in full, every time.
@@ -244,14 +244,23 @@ impl Verifier {
     /// The span of one verification (see [`verify`](Self::verify)).
     pub(crate) fn span(&self) -> tracing::Span {
         use tracing::field::Empty;
-        tracing::debug_span!(
+        let span = tracing::debug_span!(
             "jwt_profile.verify",
             enduser.id = Empty,
             jwt_profile.org_id = Empty,
             jwt_profile.key_id = Empty,
             jwt_profile.kind = Empty,
             error.type = Empty,
-        )
+        );
+        // A span no subscriber collects becomes no span at all, so the
+        // verification's records and polls skip it at once (a disabled
+        // span keeps its metadata for tracing's `log` fallback, and each
+        // record looks its field up by name).
+        if span.is_disabled() {
+            tracing::Span::none()
+        } else {
+            span
+        }
     }
 
     /// [`verify`](Self::verify) in `span` (made by [`span`](Self::span)).
@@ -294,7 +303,7 @@ impl Verifier {
         let started = crate::telemetry::Started::now();
         let mut kind = TokenKind::Assertion;
         let result = self
-            .verify_token(token, &mut kind, lookups)
+            .verify_token(token, &mut kind, lookups, &span)
             .instrument(span.clone())
             .await;
         span.record("jwt_profile.kind", kind.as_str());
@@ -324,6 +333,7 @@ impl Verifier {
         token: &str,
         kind: &mut TokenKind,
         lookups: Lookups,
+        span: &tracing::Span,
     ) -> Result<Principal, VerifyError> {
         let v = &self.inner.validation;
         // Size, before any decoding.
@@ -336,20 +346,19 @@ impl Verifier {
             return Ok(principal);
         }
         let segments = form(token)?;
-        let (alg, kid, typ) = read_header(&segments, v)?;
-        let kid: &str = &kid;
+        let header = read_header(&segments, v)?;
+        let (alg, kid) = (header.alg, &*header.kid);
         // What is known of the caller goes into the span as soon as it is
         // read, so a refusal says whose token it was (`kid` follows the id
         // rules: no control characters, at most 200 bytes).
-        let span = tracing::Span::current();
         span.record("jwt_profile.key_id", kid);
-        if typ == Typ::AccessToken {
+        if header.typ == Typ::AccessToken {
             *kind = TokenKind::AccessToken;
             let Some(access) = &self.inner.access else {
                 return Err(Reason::TokenType.into());
             };
             let (principal, entry) = self
-                .access_token(access, &segments, alg, kid, now, lookups)
+                .access_token(access, &segments, &header, now, lookups, span)
                 .await?;
             if let Some(insert) = self.remember(token, entry, now_secs) {
                 insert.await;
@@ -690,27 +699,21 @@ struct KnownHeader {
 /// The header step: from the memo when these exact bytes were read before
 /// on this thread (only the allowed algorithms are checked again), else
 /// read in full and remembered.
-fn read_header(
-    segments: &Segments<'_>,
-    v: &Validation,
-) -> Result<(Algorithm, Arc<str>, Typ), VerifyError> {
+fn read_header(segments: &Segments<'_>, v: &Validation) -> Result<KnownHeader, VerifyError> {
     if let Some(known) = &segments.known {
         if !v.allows(known.alg) {
             return Err(Reason::Algorithm("alg not allowed").into());
         }
-        return Ok((known.alg, known.kid.clone(), known.typ));
+        return Ok(known.clone());
     }
     let (alg, kid, typ) = header(segments.header(), v)?;
-    let kid: Arc<str> = kid.into();
-    header_memo::put(
-        segments.h64,
-        KnownHeader {
-            alg,
-            kid: kid.clone(),
-            typ,
-        },
-    );
-    Ok((alg, kid, typ))
+    let known = KnownHeader {
+        alg,
+        kid: kid.into(),
+        typ,
+    };
+    header_memo::put(segments.h64, known.clone());
+    Ok(known)
 }
 
 /// Headers read before, per thread: a machine sends the same header (its
@@ -1019,7 +1022,7 @@ mod tests {
         let b64 = |s: &[u8]| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);
         let token = format!("{}.{}.{}", b64(header.as_bytes()), b64(b"{}"), b64(b"sig"));
         let segments = form(&token)?;
-        read_header(&segments, v).map(|(alg, kid, typ)| (alg, kid.to_string(), typ))
+        read_header(&segments, v).map(|h| (h.alg, h.kid.to_string(), h.typ))
     }
 
     /// The same, on a new thread: nothing remembered.
@@ -1138,5 +1141,27 @@ mod tests {
         let problem = crate::key::id_problem(&long).expect("a problem");
         assert_eq!(kid_problem(problem), "kid is longer than 200 bytes");
         assert_eq!(crate::key::id_problem("69629023906488334"), None);
+    }
+
+    /// A verification's span is no span at all when no subscriber collects
+    /// it (nothing to record into, nothing to enter), and the real span
+    /// when one does.
+    #[test]
+    fn the_span_is_none_unless_collected() {
+        use tracing::Level;
+        let store = crate::store::CachedStore::new(crate::store::MemoryStore::new());
+        let verifier = Verifier::new(store, v());
+        let at = |level: Level| tracing_subscriber::fmt().with_max_level(level).finish();
+        tracing::subscriber::with_default(at(Level::INFO), || {
+            assert!(verifier.span().is_none());
+        });
+        tracing::subscriber::with_default(at(Level::DEBUG), || {
+            let span = verifier.span();
+            assert!(!span.is_disabled());
+            assert_eq!(
+                span.metadata().map(|m| m.name()),
+                Some("jwt_profile.verify")
+            );
+        });
     }
 }
