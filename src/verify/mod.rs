@@ -254,9 +254,12 @@ impl Verifier {
         );
         // A span no subscriber collects becomes no span at all, so the
         // verification's records and polls skip it at once (a disabled
-        // span keeps its metadata for tracing's `log` fallback, and each
-        // record looks its field up by name).
-        if span.is_disabled() {
+        // span keeps its metadata, and each record looks its field up by
+        // name) — unless tracing's `log` fallback may still write its
+        // lines: no tracing subscriber set yet, and a `log` logger at DEBUG.
+        let log_fallback =
+            !tracing::dispatcher::has_been_set() && log::max_level() >= log::LevelFilter::Debug;
+        if span.is_disabled() && !log_fallback {
             tracing::Span::none()
         } else {
             span
@@ -302,8 +305,15 @@ impl Verifier {
         use tracing::Instrument;
         let started = crate::telemetry::Started::now();
         let mut kind = TokenKind::Assertion;
+        // The steps record into the span only when it is collected, as
+        // they did through `Span::current()` (a disabled span is never
+        // entered).
+        let steps = match span.is_disabled() {
+            true => tracing::Span::none(),
+            false => span.clone(),
+        };
         let result = self
-            .verify_token(token, &mut kind, lookups, &span)
+            .verify_token(token, &mut kind, lookups, &steps)
             .instrument(span.clone())
             .await;
         span.record("jwt_profile.kind", kind.as_str());
@@ -1143,9 +1153,12 @@ mod tests {
         assert_eq!(crate::key::id_problem("69629023906488334"), None);
     }
 
-    /// A verification's span is no span at all when no subscriber collects
-    /// it (nothing to record into, nothing to enter), and the real span
-    /// when one does.
+    /// A verification's span is no span at all when the subscriber does
+    /// not collect it (nothing to record into, nothing to enter), and the
+    /// real span when it does. (With no tracing subscriber ever set and a
+    /// `log` logger at DEBUG, the disabled span is kept for tracing's `log`
+    /// fallback; that state cannot be reached in a test process where
+    /// other tests set subscribers.)
     #[test]
     fn the_span_is_none_unless_collected() {
         use tracing::Level;
