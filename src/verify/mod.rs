@@ -253,12 +253,12 @@ impl Verifier {
             error.type = Empty,
         );
         // A span no subscriber collects becomes no span at all, so the
-        // verification's records and polls skip it at once (a disabled
-        // span keeps its metadata, and each record looks its field up by
-        // name) — unless tracing's `log` fallback may still write its
-        // lines: no tracing subscriber set yet, and a `log` logger at DEBUG.
-        let log_fallback =
-            !tracing::dispatcher::has_been_set() && log::max_level() >= log::LevelFilter::Debug;
+        // verification's records and polls skip it at once (with tracing's
+        // `log` feature a disabled span keeps its metadata, and each record
+        // looks its field up by name) — unless tracing's `log` fallback may
+        // still write its lines, which it does only for a `log` logger at
+        // DEBUG or finer.
+        let log_fallback = log::max_level() >= log::LevelFilter::Debug;
         if span.is_disabled() && !log_fallback {
             tracing::Span::none()
         } else {
@@ -305,9 +305,10 @@ impl Verifier {
         use tracing::Instrument;
         let started = crate::telemetry::Started::now();
         let mut kind = TokenKind::Assertion;
-        // The steps record into the span only when it is collected, as
-        // they did through `Span::current()` (a disabled span is never
-        // entered).
+        // The steps record into this span, and only when it is collected.
+        // (They once recorded into `Span::current()`: for a disabled span,
+        // whatever span enclosed the verification, which could thus get
+        // the token's unverified `iss` as its `enduser.id`.)
         let steps = match span.is_disabled() {
             true => tracing::Span::none(),
             false => span.clone(),
@@ -1155,10 +1156,8 @@ mod tests {
 
     /// A verification's span is no span at all when the subscriber does
     /// not collect it (nothing to record into, nothing to enter), and the
-    /// real span when it does. (With no tracing subscriber ever set and a
-    /// `log` logger at DEBUG, the disabled span is kept for tracing's `log`
-    /// fallback; that state cannot be reached in a test process where
-    /// other tests set subscribers.)
+    /// real span when it does. (With a `log` logger at DEBUG, the disabled
+    /// span is kept for tracing's `log` fallback; no test sets one.)
     #[test]
     fn the_span_is_none_unless_collected() {
         use tracing::Level;
