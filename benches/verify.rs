@@ -443,9 +443,10 @@ fn main() {
 }
 
 /// `-- --loop fresh|floor|vk|access`: one side alone for 10 s (or
-/// `LOOP_ITERS` verifications, rounded up to hundreds), for a profiler (`perf record --call-graph dwarf target/release/deps/verify-*
-/// --loop fresh`): a fresh RS256 assertion, the floor, the stored key's own
-/// check (`VerifyingKey::verify`), an access token.
+/// `LOOP_ITERS` verifications, rounded up to hundreds), for a profiler
+/// (`perf record --call-graph dwarf target/release/deps/verify-* --loop
+/// fresh`): a fresh RS256 assertion, the floor, the stored key's own check
+/// (`VerifyingKey::verify`), an access token.
 fn profile_loop(rt: &tokio::runtime::Runtime, which: &str) {
     let (fresh_only, _, cases, _) = setup(rt);
     let rs = &cases[0];

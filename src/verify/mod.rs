@@ -309,9 +309,10 @@ impl Verifier {
         // (They once recorded into `Span::current()`: for a disabled span,
         // whatever span enclosed the verification, which could thus get
         // the token's unverified `iss` as its `enduser.id`.)
-        let steps = match span.is_disabled() {
-            true => tracing::Span::none(),
-            false => span.clone(),
+        let steps = if span.is_disabled() {
+            tracing::Span::none()
+        } else {
+            span.clone()
         };
         let result = self
             .verify_token(token, &mut kind, lookups, &steps)
