@@ -305,17 +305,12 @@ impl Verifier {
         use tracing::Instrument;
         let started = crate::telemetry::Started::now();
         let mut kind = TokenKind::Assertion;
-        // The steps record into this span, and only when it is collected.
-        // (They once recorded into `Span::current()`: for a disabled span,
+        // The steps record into this span, never into `Span::current()`:
+        // for a span that is not entered (a disabled one), that was
         // whatever span enclosed the verification, which could thus get
-        // the token's unverified `iss` as its `enduser.id`.)
-        let steps = if span.is_disabled() {
-            tracing::Span::none()
-        } else {
-            span.clone()
-        };
+        // the token's unverified `iss` as its `enduser.id`.
         let result = self
-            .verify_token(token, &mut kind, lookups, &steps)
+            .verify_token(token, &mut kind, lookups, &span)
             .instrument(span.clone())
             .await;
         span.record("jwt_profile.kind", kind.as_str());
