@@ -601,6 +601,17 @@ impl CachedStore {
         Box::pin(self.cached(key_id)).await.map(Ok)
     }
 
+    /// `key_id`'s key if this thread's mirror holds it and the change feed
+    /// vouches for the cache: what [`find`](Self::find) answers first, with
+    /// no future. Not counted: the caller counts the hit when it uses the
+    /// key.
+    pub(crate) fn mirrored(&self, key_id: &str) -> Option<Arc<VerifyingKey>> {
+        if self.stalled.load(Ordering::Acquire) {
+            return None;
+        }
+        mirror::get(self, key_id)
+    }
+
     /// The moka cache's answer for `key_id` when it is current (then
     /// mirrored and counted as a hit), else `None`, uncounted.
     async fn cached(&self, key_id: &str) -> Option<Option<Arc<VerifyingKey>>> {

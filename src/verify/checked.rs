@@ -5,7 +5,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::future::Cache;
+use moka::sync::Cache;
 use moka::{Equivalent, Expiry};
 
 use crate::principal::Principal;
@@ -100,10 +100,11 @@ impl Expiry<TokenKey, Arc<CheckedAssertion>> for CheckedExpiry {
 /// Default number of checked assertions remembered by a [`Verifier`].
 pub(crate) const DEFAULT_ASSERTION_CACHE_ENTRIES: u64 = 10_000;
 
-/// The cache of checked tokens: moka, with a small per-thread mirror of
-/// its hits in front (as the key cache has), so a repeat on the same thread
-/// reads no shared map, records no read and starts no future. Clones share
-/// both.
+/// The cache of checked tokens: moka's synchronous cache (its reads and
+/// writes never wait on anything but its own short maintenance, so the
+/// verification needs no future for them), with a small per-thread mirror
+/// of its hits in front (as the key cache has), so a repeat on the same
+/// thread reads no shared map and records no read. Clones share both.
 #[derive(Clone)]
 pub(crate) struct AssertionCache {
     /// Tells this cache's mirrored entries from other caches'.
@@ -137,8 +138,8 @@ impl AssertionCache {
     }
 
     /// `token`'s entry in moka; a hit is mirrored on this thread.
-    pub(crate) async fn get(&self, token: &str) -> Option<Arc<CheckedAssertion>> {
-        let hit = self.moka.get(&TokenRef(token)).await?;
+    pub(crate) fn get(&self, token: &str) -> Option<Arc<CheckedAssertion>> {
+        let hit = self.moka.get(&TokenRef(token))?;
         mirror::put(self.id, token, &hit);
         Some(hit)
     }
@@ -146,19 +147,15 @@ impl AssertionCache {
     /// Forgets `token`, in moka and in this thread's mirror. Other threads'
     /// mirrors may still hold it: a hit there checks the key again, as
     /// every hit does, and forgets it there when that check fails.
-    pub(crate) async fn invalidate(&self, token: &str) {
+    pub(crate) fn invalidate(&self, token: &str) {
         mirror::forget(self.id, token);
-        self.moka.invalidate(&TokenRef(token)).await;
+        self.moka.invalidate(&TokenRef(token));
     }
 
     /// Remembers `entry` for `token` (in moka; the mirror takes it from a
     /// later hit).
-    pub(crate) fn insert(
-        &self,
-        token: &str,
-        entry: Arc<CheckedAssertion>,
-    ) -> impl Future<Output = ()> + Send + '_ {
-        self.moka.insert(TokenKey::new(token), entry)
+    pub(crate) fn insert(&self, token: &str, entry: Arc<CheckedAssertion>) {
+        self.moka.insert(TokenKey::new(token), entry);
     }
 }
 
@@ -255,16 +252,16 @@ mod tests {
     /// The mirror answers only for its cache, the same token and no later
     /// than the entry's last valid moment; a forgotten token is gone from
     /// it, and only what moka answered is mirrored.
-    #[tokio::test]
-    async fn the_mirror_answers_only_what_moka_answered_for_this_cache() {
+    #[test]
+    fn the_mirror_answers_only_what_moka_answered_for_this_cache() {
         let (one, other) = (assertion_cache(10), assertion_cache(10));
         let token = format!("h.p.{}", "s".repeat(40));
         let user = |hit: Option<Arc<CheckedAssertion>>| hit.map(|e| e.principal.user_id.clone());
         assert_eq!(user(one.mirrored(&token, 5.0)), None);
-        one.insert(&token, entry_until("a", 10.0)).await;
+        one.insert(&token, entry_until("a", 10.0));
         // Inserted, not yet read: moka has it, the mirror not.
         assert_eq!(user(one.mirrored(&token, 5.0)), None);
-        assert_eq!(user(one.get(&token).await).as_deref(), Some("a"));
+        assert_eq!(user(one.get(&token)).as_deref(), Some("a"));
         assert_eq!(user(one.mirrored(&token, 5.0)).as_deref(), Some("a"));
         assert_eq!(user(one.mirrored(&token, 10.0)).as_deref(), Some("a"));
         // Past its last valid moment; another cache; another token of the
@@ -274,39 +271,30 @@ mod tests {
         let twin = format!("x.y.{}", "s".repeat(40));
         assert_eq!(user(one.mirrored(&twin, 5.0)), None);
         // Forgotten: gone from the mirror and from moka.
-        one.invalidate(&token).await;
+        one.invalidate(&token);
         assert_eq!(user(one.mirrored(&token, 5.0)), None);
-        assert_eq!(user(one.get(&token).await), None);
+        assert_eq!(user(one.get(&token)), None);
         // Each thread has its own mirror.
-        one.insert(&token, entry_until("b", 10.0)).await;
-        assert!(one.get(&token).await.is_some());
+        one.insert(&token, entry_until("b", 10.0));
+        assert!(one.get(&token).is_some());
         let (one2, token2) = (one.clone(), token.clone());
         let elsewhere = std::thread::spawn(move || one2.mirrored(&token2, 5.0).is_some());
         assert!(!elsewhere.join().expect("thread"));
         assert!(one.mirrored(&token, 5.0).is_some());
     }
 
-    #[tokio::test]
-    async fn the_cache_tells_tokens_with_one_tail_apart() {
+    #[test]
+    fn the_cache_tells_tokens_with_one_tail_apart() {
         let cache = assertion_cache(10);
         let entry = |user: &str| entry_until(user, 0.0);
         let tail = "x".repeat(HASHED_TAIL);
         let a = format!("a.b.{tail}");
         let b = format!("c.d.{tail}");
-        cache.moka.insert(TokenKey::new(&a), entry("a")).await;
-        assert!(cache.moka.get(&TokenRef(&b)).await.is_none());
-        cache.moka.insert(TokenKey::new(&b), entry("b")).await;
-        let got = |t: String| {
-            let cache = cache.clone();
-            async move {
-                cache
-                    .moka
-                    .get(&TokenRef(&t))
-                    .await
-                    .map(|e| e.principal.user_id.clone())
-            }
-        };
-        assert_eq!(got(a).await.as_deref(), Some("a"));
-        assert_eq!(got(b).await.as_deref(), Some("b"));
+        cache.moka.insert(TokenKey::new(&a), entry("a"));
+        assert!(cache.moka.get(&TokenRef(&b)).is_none());
+        cache.moka.insert(TokenKey::new(&b), entry("b"));
+        let got = |t: &str| (cache.moka.get(&TokenRef(t))).map(|e| e.principal.user_id.clone());
+        assert_eq!(got(&a).as_deref(), Some("a"));
+        assert_eq!(got(&b).as_deref(), Some("b"));
     }
 }

@@ -38,7 +38,6 @@ use json::{AudVal, NumVal, RawClaims, StrVal, parse_claims, parse_header};
 use validation::MAX_NUMERIC_DATE;
 
 use std::fmt;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +49,7 @@ use crate::key::VerifyingKey;
 use crate::principal::{Principal, TokenKind};
 use crate::replay::{MAX_JTI_BYTES, ReplayStore};
 use crate::store::{CachedStore, KeyLookup, StoreError};
+use crate::telemetry::{CacheResult, key_cache};
 
 /// Validates JWT-profile assertions against the keys of a [`KeyLookup`]
 /// (normally a [`CachedStore`](crate::store::CachedStore)) and, when given
@@ -305,14 +305,21 @@ impl Verifier {
         use tracing::Instrument;
         let started = crate::telemetry::Started::now();
         let mut kind = TokenKind::Assertion;
+        let now = self.inner.clock.now();
         // The steps record into this span, never into `Span::current()`:
         // for a span that is not entered (a disabled one), that was
         // whatever span enclosed the verification, which could thus get
         // the token's unverified `iss` as its `enduser.id`.
-        let result = self
-            .verify_token(token, &mut kind, lookups, &span)
-            .instrument(span.clone())
-            .await;
+        #[expect(clippy::result_large_err, reason = "see `verify_now`")]
+        let result = match span.in_scope(|| self.verify_now(token, now, &mut kind, &span)) {
+            Ok(principal) => Ok(principal),
+            Err(Later::Refused(refused)) => Err(refused),
+            Err(later) => {
+                self.verify_later(token, later, now, &mut kind, lookups, &span)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
         span.record("jwt_profile.kind", kind.as_str());
         match &result {
             Ok(p) => {
@@ -333,32 +340,40 @@ impl Verifier {
         result
     }
 
-    /// The rules, in order; `kind` is set as soon as the token says which
-    /// kind it is.
-    async fn verify_token(
+    /// The rules from where [`verify_now`](Self::verify_now) stopped
+    /// (`later`), with the lookups they need (a store read, a signing-key
+    /// reload, a replay check, an access token); `kind` is set as soon as
+    /// the token says which kind it is.
+    async fn verify_later(
         &self,
         token: &str,
+        later: Later<'_>,
+        now: DateTime<Utc>,
         kind: &mut TokenKind,
         lookups: Lookups,
         span: &tracing::Span,
     ) -> Result<Principal, VerifyError> {
         let v = &self.inner.validation;
-        // Size, before any decoding.
-        if token.len() > v.max_token_bytes {
-            return Err(Reason::TooLarge.into());
-        }
-        let now = self.inner.clock.now();
         let now_secs = now.timestamp_micros() as f64 / 1e6;
-        if let Some(principal) = self.repeat(token, now, now_secs, kind, lookups).await? {
-            return Ok(principal);
-        }
-        let segments = form(token)?;
-        let header = read_header(&segments, v)?;
-        let (alg, kid) = (header.alg, &*header.kid);
-        // What is known of the caller goes into the span as soon as it is
-        // read, so a refusal says whose token it was (`kid` follows the id
-        // rules: no control characters, at most 200 bytes).
-        span.record("jwt_profile.key_id", kid);
+        let (segments, header) = match later {
+            Later::Refused(refused) => return Err(refused),
+            Later::Read(segments, header) => (segments, header),
+            // The size was checked by `verify_now`.
+            Later::Start => {
+                if let Some(hit) = self.repeat_hit(token, now_secs, kind) {
+                    let key = match self.still_signed(&hit) {
+                        true => (self.inner.keys.find(&hit.principal.key_id, lookups).await)
+                            .ok()
+                            .flatten(),
+                        false => None,
+                    };
+                    if let Some(principal) = self.repeated(token, &hit, key, now, now_secs)? {
+                        return Ok(principal);
+                    }
+                }
+                read(token, v, span)?
+            }
+        };
         if header.typ == Typ::AccessToken {
             *kind = TokenKind::AccessToken;
             let Some(access) = &self.inner.access else {
@@ -367,128 +382,181 @@ impl Verifier {
             let (principal, entry) = self
                 .access_token(access, &segments, &header, now, lookups, span)
                 .await?;
-            if let Some(insert) = self.remember(token, entry, now_secs) {
-                insert.await;
-            }
+            self.remember(token, entry, now_secs);
             return Ok(principal);
         }
-        // In a block: what it reads is dead by the time the accepted
-        // assertion is remembered, so the future holds the two apart.
-        let (principal, insert) = {
-            let claims = parse_claims(segments.payload())?;
-            if let Some(StrVal::Str(iss)) = &claims.iss {
-                span.record("enduser.id", &**iss);
-            }
-            let checked = check_claims(&claims, v, now_secs)?;
-            let key = self.key(kid, checked.issuer, alg, now, lookups).await?;
-            // Signature over "header.payload", exactly as received.
-            if !key.verify(alg, segments.signing_input, segments.signature()) {
-                return Err(Reason::Signature.into());
-            }
-            self.replay(&checked, now).await?;
-            let stored = key.key();
-            let principal = key.principal(
-                to_datetime(checked.exp),
-                to_datetime(checked.iat),
-                TokenKind::Assertion,
-                crate::principal::no_scopes(),
-            );
-            // With replay protection on, a repeat is a replay: never
-            // remembered.
-            let entry =
-                (self.inner.replay.is_none() && self.remembers()).then(|| CheckedAssertion {
-                    key_sequence: stored.details.sequence,
-                    principal: principal.clone(),
-                    exp: checked.exp,
-                    iat: checked.iat,
-                    nbf: checked.nbf,
-                    kind: TokenKind::Assertion,
-                    signing_key: None,
-                    last_valid: checked.last_valid(v),
-                    lifetime: Duration::ZERO,
-                });
-            (principal, self.remember(token, entry, now_secs))
-        };
-        if let Some(insert) = insert {
-            insert.await;
-        }
-        Ok(principal)
+        let claims = parse_claims(segments.payload())?;
+        let checked = assertion_claims(&claims, v, now_secs, span)?;
+        let found = self.inner.keys.find(&header.kid, lookups).await;
+        let key = key_and_signature(found, &checked, &header, &segments, now)?;
+        self.replay(&checked, now).await?;
+        Ok(self.accept(token, &key, &checked, now_secs))
     }
 
-    /// A repeat of an assertion checked before: only what can have changed
-    /// since is checked again — the key as the lookup sees it now (it must
-    /// still be the same stored key, not expired) and the time claims.
-    /// `None` sends the token through the full check.
-    async fn repeat(
+    /// The rules with what the caches hold (a repeat in the cache of
+    /// checked tokens, the key in this thread's mirror of the key cache),
+    /// with no future and in the same order as
+    /// [`verify_later`](Self::verify_later), which it answers for whenever
+    /// it can: a verification that needs nothing else costs no more than
+    /// its steps. Past a refusal, [`Later`] says where `verify_later` takes
+    /// over; nothing was then used up or remembered.
+    #[expect(
+        clippy::result_large_err,
+        reason = "`Later` hands the decoded segments on, once per verification; \
+                  boxing them would cost an access token an allocation"
+    )]
+    fn verify_now<'t>(
+        &self,
+        token: &'t str,
+        now: DateTime<Utc>,
+        kind: &mut TokenKind,
+        span: &tracing::Span,
+    ) -> Result<Principal, Later<'t>> {
+        let v = &self.inner.validation;
+        // Size, before any decoding.
+        if token.len() > v.max_token_bytes {
+            return Err(Reason::TooLarge.into());
+        }
+        // A replay check is a store's answer.
+        if self.inner.replay.is_some() {
+            return Err(Later::Start);
+        }
+        let now_secs = now.timestamp_micros() as f64 / 1e6;
+        if let Some(hit) = self.repeat_hit(token, now_secs, kind) {
+            let key = match self.still_signed(&hit) {
+                true => {
+                    let key = self.mirrored(&hit.principal.key_id).ok_or(Later::Start)?;
+                    key_cache(CacheResult::Hit);
+                    Some(key)
+                }
+                false => None,
+            };
+            if let Some(principal) = self.repeated(token, &hit, key, now, now_secs)? {
+                return Ok(principal);
+            }
+        }
+        let (segments, header) = read(token, v, span)?;
+        // Looked up before the claims are read (so that `Later` can hand
+        // the segments on), used and counted only after they passed.
+        let mirrored = match header.typ {
+            Typ::Assertion => self.mirrored(&header.kid),
+            Typ::AccessToken => None,
+        };
+        let Some(key) = mirrored else {
+            return Err(Later::Read(segments, header));
+        };
+        let claims = parse_claims(segments.payload())?;
+        let checked = assertion_claims(&claims, v, now_secs, span)?;
+        key_cache(CacheResult::Hit);
+        let key = key_and_signature(Ok(Some(key)), &checked, &header, &segments, now)?;
+        Ok(self.accept(token, &key, &checked, now_secs))
+    }
+
+    /// The key `key_id` if this thread's mirror of the key cache holds it
+    /// (the caller counts the hit when it uses the key, as a lookup would).
+    fn mirrored(&self, key_id: &str) -> Option<Arc<VerifyingKey>> {
+        match &self.inner.keys {
+            Keys::Cached(cached) => cached.mirrored(key_id),
+            Keys::Other(_) => None,
+        }
+    }
+
+    /// An accepted assertion: the principal of its key, and the assertion
+    /// remembered (never with replay protection on: then a repeat is a
+    /// replay).
+    fn accept(
         &self,
         token: &str,
-        now: DateTime<Utc>,
+        key: &VerifyingKey,
+        checked: &Checked<'_>,
+        now_secs: f64,
+    ) -> Principal {
+        let principal = key.principal(
+            to_datetime(checked.exp),
+            to_datetime(checked.iat),
+            TokenKind::Assertion,
+            crate::principal::no_scopes(),
+        );
+        if self.inner.replay.is_none() && self.remembers() {
+            let entry = CheckedAssertion {
+                key_sequence: key.key().details.sequence,
+                principal: principal.clone(),
+                exp: checked.exp,
+                iat: checked.iat,
+                nbf: checked.nbf,
+                kind: TokenKind::Assertion,
+                signing_key: None,
+                last_valid: checked.last_valid(&self.inner.validation),
+                lifetime: Duration::ZERO,
+            };
+            self.remember(token, Some(entry), now_secs);
+        }
+        principal
+    }
+
+    /// A token checked before, from this thread's mirror or the cache of
+    /// checked tokens (`kind` set to its kind); `None` when there is none,
+    /// or when it is an assertion and replay protection is on (a repeated
+    /// assertion is then a replay: the full check, which uses up its `jti`,
+    /// decides, whatever a cache shared with a verifier without replay
+    /// protection holds).
+    fn repeat_hit(
+        &self,
+        token: &str,
         now_secs: f64,
         kind: &mut TokenKind,
-        lookups: Lookups,
-    ) -> Result<Option<Principal>, VerifyError> {
-        let Some(checked) = self.inner.checked.as_ref() else {
-            return Ok(None);
-        };
-        // This thread's mirror first; then moka, whose futures are boxed:
-        // inline they would make every verification's future (moved whole
-        // by its callers) about 1 KB larger, with the cache off too.
-        let hit = match checked.mirrored(token, now_secs) {
-            Some(hit) => hit,
-            None => match Box::pin(checked.get(token)).await {
-                Some(hit) => hit,
-                None => return Ok(None),
-            },
-        };
-        // With replay protection on, a repeated assertion is a replay: the
-        // full check (which uses up its jti) decides, whatever a cache
-        // shared with a verifier without replay protection holds.
+    ) -> Option<Arc<CheckedAssertion>> {
+        let checked = self.inner.checked.as_ref()?;
+        let hit = checked
+            .mirrored(token, now_secs)
+            .or_else(|| checked.get(token))?;
         *kind = hit.kind;
-        let assertion = hit.kind == TokenKind::Assertion;
-        if assertion && self.inner.replay.is_some() {
-            return Ok(None);
+        if hit.kind == TokenKind::Assertion && self.inner.replay.is_some() {
+            return None;
         }
-        // An access token's signing key must still be published, as the
-        // full check finds it (from the set in memory).
-        let signed = match &hit.signing_key {
+        Some(hit)
+    }
+
+    /// Whether a remembered token's signer is still there: for an access
+    /// token, its signing key must still be published, as the full check
+    /// finds it (from the set in memory); an assertion's key is looked up.
+    fn still_signed(&self, hit: &CheckedAssertion) -> bool {
+        match &hit.signing_key {
             None => true,
             Some(kid) => (self.inner.access.as_ref())
                 .is_some_and(|access| access.keys.published(kid).is_some()),
-        };
-        // Removed, replaced or store down: the full check decides.
-        if signed
-            && let Ok(Some(key)) = self.inner.keys.find(&hit.principal.key_id, lookups).await
+        }
+    }
+
+    /// A repeat of a token checked before: only what can have changed
+    /// since is checked again — the key as the lookup sees it now, `key`
+    /// (it must still be the same stored key, not expired) and the time
+    /// claims. `Ok(None)` forgets the token and sends it through the full
+    /// check (removed, replaced, store down, or no longer signed).
+    fn repeated(
+        &self,
+        token: &str,
+        hit: &CheckedAssertion,
+        key: Option<Arc<VerifyingKey>>,
+        now: DateTime<Utc>,
+        now_secs: f64,
+    ) -> Result<Option<Principal>, VerifyError> {
+        if let Some(key) = key
             && key.key().details.sequence == hit.key_sequence
             && *key.key().user_id == *hit.principal.user_id
         {
             let v = &self.inner.validation;
-            let max_age = assertion.then_some(v.max_age);
+            let max_age = (hit.kind == TokenKind::Assertion).then_some(v.max_age);
             time_rules(hit.exp, hit.iat, hit.nbf, v.leeway, max_age, now_secs)?;
             if key.key().expiration_date <= now {
                 return Err(Reason::KeyExpired.into());
             }
             return Ok(Some(hit.principal.clone()));
         }
-        Box::pin(checked.invalidate(token)).await;
-        Ok(None)
-    }
-
-    /// The key: by (`iss`, `kid`), never from the token. It must exist,
-    /// belong to the issuer, not be expired (no leeway) and fit `alg`.
-    async fn key(
-        &self,
-        kid: &str,
-        issuer: &str,
-        alg: Algorithm,
-        now: DateTime<Utc>,
-        lookups: Lookups,
-    ) -> Result<Arc<crate::key::VerifyingKey>, VerifyError> {
-        let key = self.owned_key(kid, issuer, now, lookups).await?;
-        let stored = key.key();
-        if !alg.fits(stored.public_key.kind()) {
-            return Err(Reason::AlgorithmMismatch.into());
+        if let Some(checked) = &self.inner.checked {
+            checked.invalidate(token);
         }
-        Ok(key)
+        Ok(None)
     }
 
     /// The machine key `id`: it must exist, belong to `user` (else it is
@@ -500,18 +568,7 @@ impl Verifier {
         now: DateTime<Utc>,
         lookups: Lookups,
     ) -> Result<Arc<crate::key::VerifyingKey>, VerifyError> {
-        let key = match self.inner.keys.find(id, lookups).await {
-            Ok(Some(key)) => key,
-            Ok(None) => return Err(Reason::UnknownKey.into()),
-            Err(e) => return Err(store_unavailable(e)),
-        };
-        if key.key().user_id != user {
-            return Err(Reason::UnknownKey.into());
-        }
-        if key.key().expiration_date <= now {
-            return Err(Reason::KeyExpired.into());
-        }
-        Ok(key)
+        owned(self.inner.keys.find(id, lookups).await, user, now)
     }
 
     /// Replay protection, when on: only assertions that passed every other
@@ -543,24 +600,17 @@ impl Verifier {
         self.inner.checked.is_some()
     }
 
-    /// Remembers an accepted token for no longer than it can pass the time
-    /// rules: the cache's insertion, boxed, to be awaited (`None` when
-    /// there is nothing to insert). Built without awaiting, so what built
-    /// it is dead while the insertion runs: moka's future inline would make
-    /// every verification's future (moved whole by its callers) larger.
-    fn remember<'a>(
-        &'a self,
-        token: &str,
-        entry: Option<CheckedAssertion>,
-        now_secs: f64,
-    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
-        let (cache, mut entry) = (self.inner.checked.as_ref()?, entry?);
+    /// Remembers an accepted token (when there is an `entry`) for no
+    /// longer than it can pass the time rules.
+    fn remember(&self, token: &str, entry: Option<CheckedAssertion>, now_secs: f64) {
+        let (Some(cache), Some(mut entry)) = (self.inner.checked.as_ref(), entry) else {
+            return;
+        };
         entry.lifetime =
             Duration::from_secs_f64((entry.last_valid - now_secs).clamp(0.0, 86_400.0));
-        if entry.lifetime.is_zero() {
-            return None;
+        if !entry.lifetime.is_zero() {
+            cache.insert(token, Arc::new(entry));
         }
-        Some(Box::pin(cache.insert(token, Arc::new(entry))))
     }
 }
 
@@ -611,6 +661,99 @@ enum Lookups {
     CachedOnly,
 }
 
+/// Where [`Verifier::verify_now`] stopped: a refusal, or what
+/// [`Verifier::verify_later`] needs to go on.
+enum Later<'t> {
+    /// A rule refused the token.
+    Refused(VerifyError),
+    /// Not started: the whole check needs the lookups.
+    Start,
+    /// No repeat, the form and header read (the key id recorded): the rest
+    /// needs the lookups.
+    Read(Segments<'t>, KnownHeader),
+}
+
+impl From<VerifyError> for Later<'_> {
+    fn from(refused: VerifyError) -> Self {
+        Later::Refused(refused)
+    }
+}
+
+impl From<Reason> for Later<'_> {
+    fn from(reason: Reason) -> Self {
+        Later::Refused(reason.into())
+    }
+}
+
+/// The form and the header; what is known of the caller goes into the span
+/// as soon as it is read, so a refusal says whose token it was (`kid`
+/// follows the id rules: no control characters, at most 200 bytes).
+fn read<'t>(
+    token: &'t str,
+    v: &Validation,
+    span: &tracing::Span,
+) -> Result<(Segments<'t>, KnownHeader), VerifyError> {
+    let segments = form(token)?;
+    let header = read_header(&segments, v)?;
+    span.record("jwt_profile.key_id", &*header.kid);
+    Ok((segments, header))
+}
+
+/// An assertion's claims (its `iss` recorded in the span as soon as it is
+/// read, before it is checked).
+fn assertion_claims<'a>(
+    claims: &'a RawClaims<'_>,
+    v: &Validation,
+    now_secs: f64,
+    span: &tracing::Span,
+) -> Result<Checked<'a>, VerifyError> {
+    if let Some(StrVal::Str(iss)) = &claims.iss {
+        span.record("enduser.id", &**iss);
+    }
+    check_claims(claims, v, now_secs)
+}
+
+/// The key the lookup `found` by (`iss`, `kid`), never from the token: it
+/// must exist, belong to the issuer, not be expired (no leeway) and fit
+/// `alg`; and its signature over "header.payload", exactly as received.
+fn key_and_signature(
+    found: Result<Option<Arc<VerifyingKey>>, StoreError>,
+    checked: &Checked<'_>,
+    header: &KnownHeader,
+    segments: &Segments<'_>,
+    now: DateTime<Utc>,
+) -> Result<Arc<VerifyingKey>, VerifyError> {
+    let key = owned(found, checked.issuer, now)?;
+    if !header.alg.fits(key.key().public_key.kind()) {
+        return Err(Reason::AlgorithmMismatch.into());
+    }
+    if !key.verify(header.alg, segments.signing_input, segments.signature()) {
+        return Err(Reason::Signature.into());
+    }
+    Ok(key)
+}
+
+/// The machine key a lookup `found`: it must exist, belong to `user` (else
+/// it is "unknown", never a match) and not be expired (no leeway).
+fn owned(
+    found: Result<Option<Arc<VerifyingKey>>, StoreError>,
+    user: &str,
+    now: DateTime<Utc>,
+) -> Result<Arc<VerifyingKey>, VerifyError> {
+    let key = match found {
+        Ok(Some(key)) => key,
+        Ok(None) => return Err(Reason::UnknownKey.into()),
+        Err(e) => return Err(store_unavailable(e)),
+    };
+    if key.key().user_id != user {
+        return Err(Reason::UnknownKey.into());
+    }
+    if key.key().expiration_date <= now {
+        return Err(Reason::KeyExpired.into());
+    }
+    Ok(key)
+}
+
 fn store_unavailable(e: StoreError) -> VerifyError {
     match e {
         StoreError::Unavailable(why) => VerifyError::Unavailable(why),
@@ -648,15 +791,29 @@ impl Segments<'_> {
 
 /// The form: exactly three canonical base64url segments.
 fn form(token: &str) -> Result<Segments<'_>, VerifyError> {
-    let three = || {
-        let dot = |from: usize| memchr::memchr(b'.', &token.as_bytes()[from..]).map(|i| from + i);
-        let first = dot(0)?;
-        let second = dot(first + 1)?;
-        dot(second + 1).is_none().then_some((first, second))
+    let three = || malformed("token must be three base64url segments");
+    let dot = |from: usize| memchr::memchr(b'.', &token.as_bytes()[from..]).map(|i| from + i);
+    let Some(first) = dot(0) else {
+        return Err(three());
     };
-    let Some((first, second)) = three() else {
-        return Err(malformed("token must be three base64url segments"));
+    let Some(second) = dot(first + 1) else {
+        return Err(three());
     };
+    // A further dot can only be in the last segment, whose decoding
+    // refuses it ('.' is not base64url): it is looked for only when
+    // something was refused, and then reported first, as the form is
+    // checked first. So the signature is not scanned twice.
+    decode_segments(token, first, second).map_err(|refused| {
+        match token[second + 1..].contains('.') {
+            true => three(),
+            false => refused,
+        }
+    })
+}
+
+/// The segments of `token`, split at its dots at `first` and `second`,
+/// decoded.
+fn decode_segments(token: &str, first: usize, second: usize) -> Result<Segments<'_>, VerifyError> {
     let (h64, p64, s64) = (
         &token[..first],
         &token[first + 1..second],
@@ -690,7 +847,7 @@ fn form(token: &str) -> Result<Segments<'_>, VerifyError> {
         header,
         payload,
         signature,
-        signing_input: &token.as_bytes()[..h64.len() + 1 + p64.len()],
+        signing_input: &token.as_bytes()[..second],
     })
 }
 

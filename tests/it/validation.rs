@@ -200,6 +200,22 @@ async fn rule2_form_three_canonical_segments_of_json_objects() {
         m("token must be three base64url segments"),
     )
     .await;
+    // More than three segments is reported first, whatever else is wrong.
+    fx.refuses(
+        &format!("{}..{}.{}", parts[0], parts[2], parts[2]),
+        m("token must be three base64url segments"),
+    )
+    .await;
+    fx.refuses(
+        &format!("{}=.{}.{}.{}", parts[0], parts[1], parts[2], parts[2]),
+        m("token must be three base64url segments"),
+    )
+    .await;
+    fx.refuses(
+        &format!("{}.{}.{}.", parts[0], parts[1], &parts[2][..8]),
+        m("token must be three base64url segments"),
+    )
+    .await;
     fx.refuses(
         &format!("{}..{}", parts[0], parts[2]),
         m("empty token segment"),
