@@ -895,3 +895,29 @@ async fn the_assertion_cache_can_be_turned_off() {
     tampered.push(if t.ends_with('A') { 'B' } else { 'A' });
     assert!(fx.verifier.verify(&tampered).await.is_err());
 }
+
+/// A '.' inserted anywhere in a token, or replacing any character of its
+/// signature, is refused as "three segments" (the signature segment is not
+/// scanned for it: its decoding refuses it); never accepted, never another
+/// reason. From an outside review.
+#[tokio::test]
+async fn a_dot_anywhere_more_is_three_segments() {
+    let fx = fixture().await;
+    let good = token(&fx.rsa, &header(&fx.rsa), &claims("bot"));
+    fx.accepts(&good).await;
+    let second = good.rfind('.').expect("dot");
+    let m = Reason::Malformed("token must be three base64url segments");
+    for i in second + 1..=good.len() {
+        let inserted = format!("{}.{}", &good[..i], &good[i..]);
+        fx.refuses(&inserted, m.clone()).await;
+        if i < good.len() {
+            let replaced = format!("{}.{}", &good[..i], &good[i + 1..]);
+            fx.refuses(&replaced, m.clone()).await;
+        }
+    }
+    // Whole-token positions too: any third dot, anywhere.
+    for i in 0..=good.len() {
+        let inserted = format!("{}.{}", &good[..i], &good[i..]);
+        fx.refuses(&inserted, m.clone()).await;
+    }
+}
