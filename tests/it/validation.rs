@@ -909,15 +909,15 @@ async fn a_dot_anywhere_more_is_three_segments() {
     let m = Reason::Malformed("token must be three base64url segments");
     for i in second + 1..=good.len() {
         let inserted = format!("{}.{}", &good[..i], &good[i..]);
-        fx.refuses(&inserted, m.clone()).await;
+        fx.refuses(&inserted, m).await;
         if i < good.len() {
             let replaced = format!("{}.{}", &good[..i], &good[i + 1..]);
-            fx.refuses(&replaced, m.clone()).await;
+            fx.refuses(&replaced, m).await;
         }
     }
     // Whole-token positions too: any third dot, anywhere.
     for i in 0..=good.len() {
         let inserted = format!("{}.{}", &good[..i], &good[i..]);
-        fx.refuses(&inserted, m.clone()).await;
+        fx.refuses(&inserted, m).await;
     }
 }
